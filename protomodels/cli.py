@@ -1,0 +1,207 @@
+"""The ``protomodels`` command: a thin layer over the public Python API.
+
+Results go to stdout (text, or JSON with ``--json``) or to ``--output-file``; logs go to
+stderr.  Errors the user can fix print one line and exit 1; ``-v`` adds tracebacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import click
+
+from . import __version__
+from .exceptions import ProtomodelsError
+
+logger = logging.getLogger("protomodels")
+SCHEMA_VERSION = "protomodels.significance/1"
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("protomodels")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(level)
+    from smodels.base.smodelsLogging import setLogLevel
+    setLogLevel("info" if verbose >= 2 else "error")
+
+
+def _handle_errors(func: Callable) -> Callable:
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        ctx = click.get_current_context()
+        try:
+            return func(*args, **kwargs)
+        except ProtomodelsError as error:
+            if ctx.obj.get("verbose"):
+                logger.exception("error")
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(1)
+    return wrapper
+
+
+def _emit(text: str, output_file: Optional[str]) -> None:
+    if output_file:
+        from .atomic import write_text_atomic
+        write_text_atomic(Path(output_file), text)
+        logger.info("wrote %s", output_file)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="protomodels")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv: SModelS too); tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Proto-models: minimal new-physics models confronted with LHC results via SModelS."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    _configure_logging(verbose)
+
+
+database_option = click.option(
+    "--database", "database_path", default=None, metavar="PATH",
+    help="SModelS database: tarball, text folder, .pcl or URL "
+         "[default: $PROTOMODELS_DATABASE, else ../shared/smodels-database-3.0.0.tar.xz].")
+
+
+def _parse_sqrts(_ctx, _param, value: str):
+    try:
+        values = tuple(int(float(v)) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected e.g. 8,13") from None
+    if not values or any(v not in (8, 13) for v in values):
+        raise click.BadParameter(f"{value!r}: only 8 and 13 TeV results exist")
+    return values
+
+
+@cli.command()
+@click.argument("slha_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@click.option("--r-limit", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Critic: every r_obs must stay below this (paper: 1.3).")
+@click.option("--sqrts", default="8,13", show_default=True, callback=_parse_sqrts,
+              help="Centre-of-mass energies (TeV) of the results to use.")
+@click.option("--analyses", default="*", show_default=True, metavar="PATTERN",
+              help="Comma-separated shell patterns on analysis ids, e.g. 'CMS-*,ATLAS-SUSY-2018-*'.")
+@click.option("--superseded", is_flag=True, help="Also use results superseded by newer ones.")
+@database_option
+@_handle_errors
+def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_limit: float,
+                 sqrts, analyses: str, superseded: bool, database_path: Optional[str]) -> None:
+    """K, TL, mu_hat and the best combination of the model in SLHA_FILE."""
+    from . import database, significance as sig
+    from .predictor import Selection
+    from .slha import read_slha
+
+    model = read_slha(slha_file)
+    db = database.load(database_path)
+    selection = Selection(sqrts=sqrts, analyses=tuple(a.strip() for a in analyses.split(",")),
+                          superseded=superseded)
+    t0 = time.perf_counter()
+    result = sig.evaluate(model, db, r_limit=r_limit, selection=selection)
+    result.timings["wall"] = time.perf_counter() - t0
+    report = significance_report(result, db, slha_file)
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else format_significance(report), output_file)
+
+
+def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
+    """The JSON document of one significance computation (schema protomodels.significance/1)."""
+    def pred(p) -> Dict[str, Any]:
+        return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
+                "sqrts_tev": p.sqrts, "xsec_fb": p.xsec_fb, "ul_obs_fb": p.ul_obs_fb,
+                "ul_exp_fb": p.ul_exp_fb, "r_obs": p.r_obs, "r_exp": p.r_exp,
+                "txnames": p.txnames, **({"note": p.note} if p.note else {})}
+
+    members = []
+    for m in result.combination:
+        entry = pred(m.prediction)
+        entry.update({"nll_0": m.nll0, "nll_mu_hat": m.nll_mu_hat, "tl": m.tl,
+                      "tl_share": m.tl / result.TL if result.TL > 0 else 0.0})
+        members.append(entry)
+    return {
+        "schema": SCHEMA_VERSION,
+        "protomodels_version": __version__,
+        "file": str(slha_file),
+        "database": {"path": db.path, "version": db.version, "sha256": db.sha256},
+        "K": result.K, "TL": result.TL, "prior": {"two_ln_prior": result.log_prior,
+                                                  **result.prior_terms},
+        "mu_hat": result.mu_hat,
+        "mu_max": result.mu_max if result.mu_max != float("inf") else None,
+        "r_limit": result.r_limit, "r_max": result.r_max,
+        "combination": members,
+        "top_r": [pred(p) for p in result.top_r(10)],
+        "n_predictions": len(result.predictions),
+        "n_informative": result.informative,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def format_significance(report: Dict[str, Any]) -> str:
+    def num(x, fmt=".3g"):
+        return "-" if x is None else format(x, fmt)
+
+    prior = report["prior"]
+    lines = [
+        f"{report['file']}  (database {report['database']['version']})",
+        f"  K      = {report['K']:.3f}",
+        f"  TL     = {report['TL']:.3f}    2 ln prior = {prior['two_ln_prior']:.3f} "
+        f"(particles {prior['particles']}, BRs {prior['brs']}, multipliers {prior['ssms']})",
+        f"  mu_hat = {report['mu_hat']:.4g}    mu_max = {num(report['mu_max'], '.4g')} "
+        f"(r_limit {report['r_limit']:g}, r_max {report['r_max']:.4g})",
+        f"  predictions: {report['n_predictions']} ({report['n_informative']} with a likelihood)",
+        "",
+        "best combination:" if report["combination"] else "best combination: none (no excess)",
+    ]
+    for m in report["combination"]:
+        lines.append(f"  {m['analysis_id']:<28} {m['dataset']:<20} {m['type']:<8} "
+                     f"{m['sqrts_tev']:>2} TeV  nll(0)={m['nll_0']:.3f}  "
+                     f"nll(mu_hat)={m['nll_mu_hat']:.3f}  TL share {100 * m['tl_share']:.0f}%")
+    lines += ["", "top r values:", f"  {'analysis':<28} {'dataset':<20} {'type':<8} {'r_obs':>8} {'r_exp':>8}"]
+    for p in report["top_r"]:
+        lines.append(f"  {p['analysis_id']:<28} {p['dataset'][:20]:<20} {p['type']:<8} "
+                     f"{num(p['r_obs']):>8} {num(p['r_exp']):>8}")
+    return "\n".join(lines) + "\n"
+
+
+@cli.group(name="database")
+def database_group() -> None:
+    """The SModelS experimental database."""
+
+
+@database_group.command()
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@click.option("--check-combined", is_flag=True,
+              help="Also evaluate every combined result's statistical model (slow).")
+@_handle_errors
+def info(database_path: Optional[str], as_json: bool, output_file: Optional[str],
+         check_combined: bool) -> None:
+    """Which database, its version, and counts by experiment, energy and type."""
+    from . import database
+
+    db = database.load(database_path)
+    report = database.describe(db, check_combined=check_combined)
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else database.format_description(report), output_file)
+
+
+def main() -> None:  # console-script entry point
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Every exception of protomodels, in one place.
+
+Each carries a message a user can act on: it names the file, field and value at
+fault.  The command line prints ``str(error)`` on one line and exits non-zero.
+"""
+
+
+class ProtomodelsError(Exception):
+    """Base class: anything protomodels raises on purpose."""
+
+
+class SLHAError(ProtomodelsError):
+    """An SLHA file is unreadable, malformed, or describes an invalid proto-model."""
+
+
+class ModelError(ProtomodelsError):
+    """A proto-model violates the rules of the model space (SPEC section 2)."""
+
+
+class XsecError(ProtomodelsError):
+    """A cross section cannot be computed (missing table, mass outside its range)."""
+
+
+class DatabaseError(ProtomodelsError):
+    """The experimental database cannot be found, unpacked, built or loaded."""
+
+
+class PredictionError(ProtomodelsError):
+    """SModelS failed on a model as a whole (a single failing result is only logged)."""
+
+
+class CombinerError(ProtomodelsError):
+    """The combinability matrices are missing or malformed."""

@@ -1,0 +1,62 @@
+"""Project corrections applied to the loaded database (documented in database/README.md).
+
+Only metadata fixes: nothing here changes a number of the database.
+
+pyhf region names.  Database 3.0.0 lists the signal regions of several pyhf results in
+the old format (plain names, matched to the workspace's channels by order in older
+SModelS).  SModelS 3.1 reads a plain name as the pyhf channel name itself; where the
+workspace calls its channels differently (ATLAS-SUSY-2018-14 'SRee' vs 'SRee_cuts',
+ATLAS-SUSY-2018-31 'SRA_L' vs bin 0 of 'SR_meff', ATLAS-SUSY-2019-09 'SRWZ_1' vs
+'SR1_WZ_cuts', ...) no signal reaches the workspace and pyhf fails with "'mu_SIG' cannot
+be fit".  For exactly those workspaces we drop the name-equals-channel default, so
+that SModelS' own order-based matching (``PyhfData.updatePyhfNames``) applies again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List
+
+logger = logging.getLogger(__name__)
+
+_APPLIED = "_protomodels_overrides"
+
+
+def _channel_names(workspace: Dict[str, Any]) -> set:
+    names = set()
+    for observation in workspace.get("observations", []):
+        names.add(observation["name"])
+        names.update(f"{observation['name']}[{i}]" for i in range(len(observation["data"])))
+    return names
+
+
+def fix_pyhf_region_names(expresult: Any) -> List[str]:
+    """Restore order-based matching for workspaces whose region names are not channels."""
+    info = expresult.globalInfo
+    if not hasattr(info, "jsonFiles") or not hasattr(info, "jsons"):
+        return []
+    fixed = []
+    for (name, regions), workspace in zip(info.jsonFiles.items(), info.jsons):
+        channels = _channel_names(workspace)
+        if all(r.get("pyhf") in channels for r in regions if r.get("type", "SR") == "SR"):
+            continue
+        if any(r.get("pyhf") not in (None, r.get("smodels")) for r in regions):
+            continue  # an explicit (new-format) mapping: not ours to change
+        for region in regions:
+            region.pop("pyhf", None)
+        fixed.append(f"{info.id}:{name}")
+    return fixed
+
+
+def apply_overrides(db: Any) -> None:
+    """Apply every correction to the SModelS database object ``db`` (idempotent)."""
+    done: List[str] = list(getattr(db, _APPLIED, []))
+    for expresult in db.expResultList:
+        for item in fix_pyhf_region_names(expresult):
+            logger.debug("pyhf channels matched by order for %s", item)
+            done.append(f"pyhf order matching {item}")
+    setattr(db, _APPLIED, done)
+
+
+def applied(db: Any) -> List[str]:
+    return list(getattr(db, _APPLIED, []))

@@ -1,0 +1,227 @@
+"""Theory predictions of a proto-model through SModelS 3.1 (SPEC section 4).
+
+One decomposition per model, then per experimental result the same steps as SModelS'
+``theoryPredictionsFor`` (best signal region, or the combined result where the database
+has a covariance matrix or pyhf workspace), but each result in its own ``try``: a result
+whose combination fails falls back to its best signal region and is reported, instead of
+aborting the predictions of all results as ``theoryPredictionsFor`` does.
+
+Each ``Prediction`` keeps r_obs, r_exp and, on demand, its likelihood curve nll(mu):
+SModelS' own likelihood for EM and combined results (sampled on [0, mu_max]); the
+paper's truncated Gaussian for UL results with an expected limit; none otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .database import ExperimentalDatabase
+from .exceptions import PredictionError
+from .likelihood import NllCurve, TabulatedNll, TruncatedGaussian
+from .model import NAMES, ProtoModel
+from .slha import SQRTS, Xsecs, to_slha
+from .xsec import reference_xsecs
+
+logger = logging.getLogger(__name__)
+
+SIGMACUT_FB = 0.005
+MINMASSGAP_GEV = 5.0
+MAX_MASS_DIST = 0.2  # SModelS' default clustering distance
+NLL_SAMPLES = 12  # grid points per sampled likelihood (plus its minimum)
+
+
+@dataclass
+class Selection:
+    """Which results take part: SPEC section 4's 'selectable' options."""
+
+    sqrts: Sequence[int] = SQRTS
+    analyses: Sequence[str] = ("*",)  # shell patterns on analysis ids
+    data_types: Sequence[str] = ("UL", "EM", "combined")
+    superseded: bool = False
+
+    def accepts(self, expresult) -> bool:
+        info = expresult.globalInfo
+        if int(round(info.sqrts.asNumber())) not in self.sqrts:
+            return False
+        if not self.superseded and hasattr(info, "supersededBy"):
+            return False
+        return any(fnmatch.fnmatchcase(info.id, p) for p in self.analyses)
+
+
+@dataclass
+class Prediction:
+    """One prediction of one result: what the critic, the combiner and reports need."""
+
+    analysis_id: str
+    dataset_id: str  # signal region id, "combined", or "(UL)"
+    data_type: str  # "UL", "EM" or "combined"
+    experiment: str
+    sqrts: int
+    xsec_fb: float  # predicted sigma x eff (x BR)
+    ul_obs_fb: Optional[float]
+    ul_exp_fb: Optional[float]
+    txnames: List[str]
+    note: str = ""
+    theory: Any = field(default=None, repr=False)  # the SModelS TheoryPrediction
+    _curve: Optional[NllCurve] = field(default=None, repr=False)
+
+    @property
+    def r_obs(self) -> Optional[float]:
+        return self.xsec_fb / self.ul_obs_fb if self.ul_obs_fb else None
+
+    @property
+    def r_exp(self) -> Optional[float]:
+        return self.xsec_fb / self.ul_exp_fb if self.ul_exp_fb else None
+
+    @property
+    def has_likelihood(self) -> bool:
+        if self.data_type == "UL":
+            return bool(self.ul_obs_fb and self.ul_exp_fb)
+        return True
+
+    def excess(self) -> bool:
+        """Can this prediction raise TL at all, i.e. is its best-fit mu positive?"""
+        if self.data_type == "UL":
+            return self.has_likelihood and self.curve(math.inf).mu_hat > 0
+        stats = self.theory.computeStatistics()
+        return (stats["muhat"] or 0.0) > 0 and stats["nllsm"] - stats["nll_min"] > 1e-9
+
+    def curve(self, mu_max: float) -> NllCurve:
+        """The nll(mu) curve on [0, mu_max] (UL: analytic, else sampled once and cached)."""
+        if self._curve is not None and (self.data_type == "UL"
+                                        or self._curve.mus[-1] >= mu_max):
+            return self._curve
+        if self.data_type == "UL":
+            self._curve = TruncatedGaussian.from_limits(self.ul_obs_fb / self.xsec_fb,
+                                                        self.ul_exp_fb / self.xsec_fb)
+        else:
+            stats = self.theory.computeStatistics()
+            self._curve = TabulatedNll.sample(self.nll, mu_max, max(stats["muhat"] or 0.0, 0.0),
+                                              n=NLL_SAMPLES)
+        return self._curve
+
+    def nll(self, mu: float) -> float:
+        """SModelS' own -ln L(mu) (EM and combined results)."""
+        value = self.theory.likelihood(mu=float(mu), return_nll=True)
+        if value is None or not math.isfinite(value):
+            raise PredictionError(f"{self.analysis_id}: SModelS likelihood at mu={mu} is {value}")
+        return float(value)
+
+
+def effective_xsecs(model: ProtoModel) -> Xsecs:
+    """Cross sections (pb) per (sqrts, process) with multipliers applied."""
+    if model.xsecs is not None:
+        base = dict(model.xsecs)
+    else:
+        base = {(s, key): value for s in SQRTS
+                for key, value in reference_xsecs(model.masses, s).items()}
+    return {key: value * model.multiplier(key[1]) for key, value in base.items()}
+
+
+def _smodels_model(slha_text: str):
+    from smodels.base.model import Model
+    from smodels.base.physicsUnits import GeV
+    from smodels.share.models import mssm
+    from smodels.share.models.SMparticles import SMList
+
+    bsm = [p for p in mssm.BSMList if abs(p.pdg) in NAMES]
+    model = Model(BSMparticles=bsm, SMparticles=SMList, label="protomodel")
+    model.updateParticles(inputFile=slha_text, minMass=1.0 * GeV)
+    return model
+
+
+def decompose(slha_text: str):
+    """SModelS model and its SMS topologies for one SLHA text."""
+    from smodels.base.physicsUnits import GeV, fb
+    from smodels.decomposition import decomposer
+
+    model = _smodels_model(slha_text)
+    top = decomposer.decompose(model, sigmacut=SIGMACUT_FB * fb, massCompress=True,
+                               invisibleCompress=True, minmassgap=MINMASSGAP_GEV * GeV)
+    return model, top
+
+
+def predict(model: ProtoModel, database: ExperimentalDatabase,
+            selection: Selection | None = None) -> List[Prediction]:
+    """Predictions of every selected result for ``model`` (empty if it produces nothing)."""
+    slha_text = to_slha(model, effective_xsecs(model))
+    return predict_slha_text(slha_text, database, selection)
+
+
+def predict_slha_text(slha_text: str, database: ExperimentalDatabase,
+                      selection: Selection | None = None) -> List[Prediction]:
+    selection = selection or Selection()
+    t0 = time.perf_counter()
+    _, top = decompose(slha_text)
+    t1 = time.perf_counter()
+    smodels_db = database.smodels
+    sms_match = smodels_db.expSMSDict.getMatchesFrom(top)
+    predictions: List[Prediction] = []
+    for expresult in smodels_db.expResultList:
+        if not selection.accepts(expresult):
+            continue
+        predictions.extend(_predictions_for(expresult, sms_match, smodels_db.expSMSDict, selection))
+    logger.debug("decomposition %.3fs, %d predictions in %.3fs", t1 - t0, len(predictions),
+                 time.perf_counter() - t1)
+    return predictions
+
+
+def _predictions_for(expresult, sms_match, sms_dict, selection: Selection) -> List[Prediction]:
+    from smodels.matching import theoryPrediction as tp
+
+    results = []
+    for dataset in expresult.datasets:
+        preds = tp._getDataSetPredictions(dataset, sms_match, sms_dict, MAX_MASS_DIST)
+        if preds:
+            results.append(preds)
+    if not results:
+        return []
+    if len(results) == 1:
+        kind = "UL" if results[0][0].dataType() == "upperLimit" else "EM"
+        return [_wrap(p, expresult, kind) for p in results[0]
+                if kind in selection.data_types]
+    note = ""
+    if "combined" in selection.data_types and (expresult.hasCovarianceMatrix()
+                                               or expresult.hasJsonFile()):
+        try:
+            combined = tp._getCombinedResultFor(results, expresult)
+            if combined is not None:
+                return [_wrap(combined, expresult, "combined")]
+        except Exception as error:  # one broken statistical model must not stop the others
+            note = f"combination failed ({type(error).__name__}: {error}); best signal region used"
+            logger.warning("%s: %s", expresult.globalInfo.id, note)
+    if "EM" not in selection.data_types and not note:
+        return []
+    best = tp._getBestResult(results)
+    return [_wrap(best, expresult, "EM", note)] if best is not None else []
+
+
+def _wrap(theory, expresult, kind: str, note: str = "") -> Prediction:
+    from smodels.base.physicsUnits import fb
+    from smodels.statistics.basicStats import apriori, observed
+
+    theory.expResult = expresult
+    from smodels.base.runtime import _deltas_rel_default
+    theory.deltas_rel = _deltas_rel_default
+    info = expresult.globalInfo
+    ul_obs = theory.getUpperLimit(observed)
+    ul_exp = theory.getUpperLimit(apriori)
+    dataset_id = {"UL": "(UL)", "combined": "combined"}.get(kind) or theory.dataset.getID()
+    return Prediction(
+        analysis_id=info.id,
+        dataset_id=dataset_id,
+        data_type=kind,
+        experiment="CMS" if "CMS" in info.id else "ATLAS",
+        sqrts=int(round(info.sqrts.asNumber())),
+        xsec_fb=float(theory.xsection.asNumber(fb)),
+        ul_obs_fb=None if ul_obs is None else float(ul_obs.asNumber(fb)),
+        ul_exp_fb=None if ul_exp is None else float(ul_exp.asNumber(fb)),
+        txnames=sorted({str(t) for t in theory.txnames}),
+        note=note,
+        theory=theory,
+    )

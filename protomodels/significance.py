@@ -1,0 +1,172 @@
+"""K for one proto-model: predictions -> critic -> combiner -> prior (SPEC sections 5, 6).
+
+This is the public pipeline a notebook or the walker calls::
+
+    db = protomodels.database.load()
+    result = protomodels.significance.evaluate(model, db)
+    result.K, result.combination
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from .combiner import (EMPTY, CombinabilityMatrix, Combination, ResultKey, best_combination,
+                       combinability_graph)
+from .database import ExperimentalDatabase
+from .model import LSP, ProtoModel, ssm_key
+from .predictor import Prediction, Selection, effective_xsecs, predict
+
+logger = logging.getLogger(__name__)
+
+BR_TOLERANCE = 0.05  # BRs within 5% count once in the prior
+SSM_TOLERANCE = 0.03  # multipliers within 3% count once
+MIN_XSEC_FB = 0.001  # processes below this cross section have no multiplier to count
+
+
+def _distinct(values: Sequence[float], tolerance: float) -> int:
+    """Number of clusters of values, a value joining a cluster within ``tolerance`` (relative)."""
+    count, start = 0, None
+    for value in sorted(values):
+        if start is None or value - start > tolerance * value:
+            count, start = count + 1, value
+    return count
+
+
+def prior_terms(model: ProtoModel) -> Dict[str, int]:
+    """N_p, N_BR, N_ssm of the paper's prior pi = exp(-(N_p/2 + N_BR/4 + N_ssm/8)).
+
+    N_p counts the unfrozen particles other than the LSP: the LSP is always present, so
+    counting it would only shift every K by -1, and the LSP-only model (the SM) keeps
+    K = 0 as SPEC demands (the original code counts the same way).
+    """
+    n_particles = sum(1 for pid in model.masses if pid != LSP)
+    n_brs = 0
+    for pid, brs in model.decays.items():
+        if pid == LSP or pid not in model.masses:
+            continue
+        nonzero = [br for br in brs.values() if br > 1e-9]
+        n_brs += max(_distinct(nonzero, BR_TOLERANCE) - 1, 0)
+    multipliers = {ssm_key(*pair): model.multiplier(pair)
+                   for (_, pair), pb in effective_xsecs(model).items() if pb * 1000.0 > MIN_XSEC_FB}
+    n_ssm = _distinct(list(multipliers.values()), SSM_TOLERANCE)
+    return {"particles": n_particles, "brs": n_brs, "ssms": n_ssm}
+
+
+def log_prior_term(model: ProtoModel) -> float:
+    """2 ln pi(BSM), the prior's contribution to K."""
+    terms = prior_terms(model)
+    return -(terms["particles"] + terms["brs"] / 2.0 + terms["ssms"] / 4.0)
+
+
+@dataclass
+class Member:
+    """A member of the best combination and its share of TL."""
+
+    prediction: Prediction
+    nll0: float
+    nll_mu_hat: float
+
+    @property
+    def tl(self) -> float:
+        return 2.0 * (self.nll0 - self.nll_mu_hat)
+
+
+@dataclass
+class Significance:
+    """Everything ``protomodels significance`` reports for one model."""
+
+    K: float
+    TL: float
+    log_prior: float
+    prior_terms: Dict[str, int]
+    mu_hat: float
+    mu_max: float
+    r_limit: float
+    r_max: float
+    combination: List[Member]
+    predictions: List[Prediction]
+    informative: int
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def top_r(self, n: int = 10) -> List[Prediction]:
+        ranked = [p for p in self.predictions if p.r_obs is not None]
+        return sorted(ranked, key=lambda p: -p.r_obs)[:n]
+
+
+def critic(predictions: Sequence[Prediction], r_limit: float) -> tuple[float, float]:
+    """(r_max, mu_max): the largest r_obs at mu = 1 and the signal strength it allows."""
+    rs = [p.r_obs for p in predictions if p.r_obs is not None]
+    r_max = max(rs, default=0.0)
+    mu_max = r_limit / r_max if r_max > 0 else math.inf
+    return r_max, mu_max
+
+
+def evaluate(model: ProtoModel, database: ExperimentalDatabase, r_limit: float = 1.0,
+             selection: Optional[Selection] = None,
+             matrix: Optional[CombinabilityMatrix] = None) -> Significance:
+    """K, TL and the best combination of ``model`` against ``database``."""
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    predictions = predict(model, database, selection)
+    timings["predictions"] = time.perf_counter() - t0
+    return evaluate_predictions(model, predictions, r_limit, matrix, timings)
+
+
+def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_limit: float = 1.0,
+                         matrix: Optional[CombinabilityMatrix] = None,
+                         timings: Optional[Dict[str, float]] = None) -> Significance:
+    timings = {} if timings is None else timings
+    t0 = time.perf_counter()
+    r_max, mu_max = critic(predictions, r_limit)
+    informative = [p for p in predictions if p.has_likelihood]
+    nodes: List[Prediction] = []
+    curves = []
+    # Without any r, mu is unbounded; the scan then covers what any excess could want.
+    scan_max = mu_max if math.isfinite(mu_max) else 1e3
+    for p in informative:
+        try:
+            if not p.excess():
+                continue
+            curves.append(p.curve(scan_max))
+            nodes.append(p)
+        except Exception as error:  # a broken likelihood drops one result, not the model
+            logger.warning("%s (%s): likelihood failed (%s: %s); left out of the combination",
+                           p.analysis_id, p.dataset_id, type(error).__name__, error)
+    timings["likelihoods"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    matrix = matrix or _default_matrix()
+    keys = [ResultKey(p.analysis_id, p.experiment, p.sqrts) for p in nodes]
+    graph = combinability_graph(keys, matrix)
+    best: Combination = best_combination(curves, graph, scan_max) if nodes else EMPTY
+    timings["combiner"] = time.perf_counter() - t1
+    members = []
+    for i in best.members:
+        p = nodes[i]
+        if p.data_type == "UL":
+            nll0, nllmu = float(curves[i](0.0)), float(curves[i](best.mu_hat))
+        else:  # report SModelS' exact values, not the interpolant
+            nll0, nllmu = p.nll(0.0), p.nll(best.mu_hat)
+        members.append(Member(p, nll0, nllmu))
+    tl = sum(m.tl for m in members)
+    log_prior = log_prior_term(model)
+    K = tl + log_prior
+    timings["total"] = sum(v for k, v in timings.items() if k != "total")
+    return Significance(K=K, TL=tl, log_prior=log_prior, prior_terms=prior_terms(model),
+                        mu_hat=best.mu_hat, mu_max=mu_max, r_limit=r_limit, r_max=r_max,
+                        combination=members, predictions=predictions,
+                        informative=len(informative), timings=timings)
+
+
+_MATRIX: Optional[CombinabilityMatrix] = None
+
+
+def _default_matrix() -> CombinabilityMatrix:
+    global _MATRIX
+    if _MATRIX is None:
+        _MATRIX = CombinabilityMatrix.load()
+    return _MATRIX
