@@ -30,10 +30,6 @@ class NllCurve(Protocol):
     def __call__(self, mu: np.ndarray | float) -> np.ndarray | float: ...
 
 
-def _log_ndtr(x):
-    return special.log_ndtr(x)
-
-
 @dataclass(frozen=True)
 class TruncatedGaussian:
     """L(mu) = phi(mu; mu_hat, sigma) / Phi(mu_hat / sigma), mu in units of the prediction.
@@ -60,28 +56,27 @@ class TruncatedGaussian:
         mu = np.asarray(mu, dtype=float)
         z = (mu - self.mu_hat) / self.sigma
         nll = 0.5 * z * z + math.log(self.sigma * math.sqrt(2 * math.pi))
-        nll = nll + float(_log_ndtr(self.mu_hat / self.sigma))
+        nll = nll + float(special.log_ndtr(self.mu_hat / self.sigma))
         return nll if nll.ndim else float(nll)
 
 
 def _solve_mu_hat(ul_obs: float, sigma: float) -> float:
-    """The truncated-Gaussian mode for which the 95% CL limit equals ul_obs (may be < 0)."""
+    """The truncated-Gaussian mode for which the 95% CL limit equals ul_obs (may be < 0).
+
+    The SPEC equation, with 1 + erf(x) = erfc(-x), is 1 - Phi(-(ul_obs - mu_hat)/sigma) /
+    Phi(mu_hat/sigma) = 0.95; evaluated through log Phi it stays exact for deep
+    underfluctuations, where 1 + erf(x) has lost all its digits.
+    """
 
     def coverage(mu_hat: float) -> float:
-        a = special.erf((ul_obs - mu_hat) / (SQRT2 * sigma))
-        b = special.erf(mu_hat / (SQRT2 * sigma))
-        return (a + b) / (1.0 + b) - 0.95
+        log_ratio = special.log_ndtr(-(ul_obs - mu_hat) / sigma) - special.log_ndtr(mu_hat / sigma)
+        return 1.0 - math.exp(log_ratio) - 0.95
 
-    # coverage decreases from ~+0.05 (mu_hat -> -inf) to -0.95 (mu_hat -> ul_obs): bracket it.
-    hi = ul_obs
+    # coverage falls from +0.05 (mu_hat -> -inf) to -0.95 (mu_hat = ul_obs): bracket the root.
     lo = ul_obs - 2.0 * sigma
     while coverage(lo) < 0:
         lo -= 2.0 * sigma
-        if lo < ul_obs - 100 * sigma:
-            break
-    if coverage(lo) < 0:  # numerically unreachable: no excess at all, pin to far negative
-        return lo
-    return float(optimize.brentq(coverage, lo, hi, xtol=1e-12 * max(sigma, 1e-300), rtol=1e-12))
+    return float(optimize.brentq(coverage, lo, ul_obs, xtol=1e-13 * sigma, rtol=1e-13))
 
 
 class TabulatedNll:

@@ -149,15 +149,20 @@ def decompose(slha_text: str):
 def predict(model: ProtoModel, database: ExperimentalDatabase,
             selection: Selection | None = None) -> List[Prediction]:
     """Predictions of every selected result for ``model`` (empty if it produces nothing)."""
-    slha_text = to_slha(model, effective_xsecs(model))
-    return predict_slha_text(slha_text, database, selection)
+    xsecs = effective_xsecs(model)
+    if not any(value > 0 for value in xsecs.values()):
+        return []  # nothing is produced (e.g. the LSP alone): SModelS would refuse the file
+    return predict_slha_text(to_slha(model, xsecs), database, selection)
 
 
 def predict_slha_text(slha_text: str, database: ExperimentalDatabase,
                       selection: Selection | None = None) -> List[Prediction]:
     selection = selection or Selection()
     t0 = time.perf_counter()
-    _, top = decompose(slha_text)
+    try:
+        _, top = decompose(slha_text)
+    except Exception as error:  # SModelS raises its own error types, or bare ones
+        raise PredictionError(f"SModelS could not decompose the model: {error}") from None
     t1 = time.perf_counter()
     smodels_db = database.smodels
     sms_match = smodels_db.expSMSDict.getMatchesFrom(top)
