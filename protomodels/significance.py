@@ -57,10 +57,13 @@ def prior_terms(model: ProtoModel) -> Dict[str, int]:
     return {"particles": n_particles, "brs": n_brs, "ssms": n_ssm}
 
 
-def log_prior_term(model: ProtoModel) -> float:
-    """2 ln pi(BSM), the prior's contribution to K."""
-    terms = prior_terms(model)
+def two_ln_prior(terms: Dict[str, int]) -> float:
+    """2 ln pi(BSM) = -(N_p + N_BR/2 + N_ssm/4), the prior's contribution to K."""
     return -(terms["particles"] + terms["brs"] / 2.0 + terms["ssms"] / 4.0)
+
+
+def log_prior_term(model: ProtoModel) -> float:
+    return two_ln_prior(prior_terms(model))
 
 
 @dataclass

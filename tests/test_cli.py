@@ -1,0 +1,102 @@
+"""The command line as a user runs it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from protomodels import __version__, database
+from protomodels.cli import cli
+from protomodels.predictor import effective_xsecs
+from protomodels.slha import write_slha
+
+from . import models
+
+
+def run(*args, env=None):
+    return CliRunner().invoke(cli, list(args), obj={}, env=env)
+
+
+def test_version_and_help():
+    assert __version__ in run("--version").output
+    out = run("-h").output
+    assert "significance" in out and "database" in out
+
+
+def test_bad_slha_is_one_line_error(tmp_path):
+    path = tmp_path / "broken.slha"
+    path.write_text("BLOCK MASS\n 1000022 -5.0\n")
+    result = run("significance", str(path))
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(path) in lines[0] and "MASS of XZ1" in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_missing_database_names_every_way(tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "DEFAULT_TARBALL", tmp_path / "none.tar.xz")
+    monkeypatch.delenv(database.DATABASE_ENV, raising=False)
+    model = models.gluino()
+    path = tmp_path / "m.slha"
+    write_slha(model, effective_xsecs(model), path)
+    result = run("significance", str(path))
+    assert result.exit_code == 1
+    message = result.stderr.strip()
+    assert "--database" in message and database.DATABASE_ENV in message and "none.tar.xz" in message
+    result = run("significance", str(path), "--database", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1 and "nowhere" in result.stderr
+
+
+def test_corrupt_tarball(tmp_path, monkeypatch):
+    monkeypatch.setenv(database.CACHE_ENV, str(tmp_path / "cache"))
+    bad = tmp_path / "smodels-database-9.9.9.tar.xz"
+    bad.write_bytes(b"this is not an archive")
+    result = run("database", "info", "--database", str(bad))
+    assert result.exit_code == 1
+    assert str(bad) in result.stderr and "cannot unpack" in result.stderr
+
+
+def test_hidden_paths_are_refused(tmp_path):
+    hidden = tmp_path / ".cache" / "db"
+    hidden.mkdir(parents=True)
+    (hidden / "version").write_text("3.0.0\n")
+    result = run("database", "info", "--database", str(hidden))
+    assert result.exit_code == 1 and "hidden folder '.cache'" in result.stderr
+
+
+def test_significance_json_and_text(subset_dir, subset_db, tmp_path):
+    model = models.gluino()
+    path = tmp_path / "gluino.slha"
+    write_slha(model, effective_xsecs(model), path)
+    out = tmp_path / "out.json"
+    result = run("significance", str(path), "--json", "--database", str(subset_dir),
+                 "--output-file", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["schema"] == "protomodels.significance/1"
+    assert report["n_predictions"] > 0 and len(report["top_r"]) <= 10
+    assert report["K"] == pytest.approx(report["TL"] + report["prior"]["two_ln_prior"])
+    assert sum(m["tl"] for m in report["combination"]) == pytest.approx(report["TL"])
+    assert report["r_max"] == max(p["r_obs"] for p in report["top_r"])
+    # options reach the pipeline: only 8 TeV results, and a pattern
+    result = run("significance", str(path), "--json", "--database", str(subset_dir),
+                 "--sqrts", "8")
+    assert result.exit_code == 0, result.output
+    assert all(p["sqrts_tev"] == 8 for p in json.loads(result.stdout)["top_r"])
+    result = run("significance", str(path), "--database", str(subset_dir),
+                 "--analyses", "ATLAS-SUSY-2016-07*", "--r-limit", "1.3")
+    assert result.exit_code == 0, result.output
+    assert "K      =" in result.stdout and "CMS-" not in result.stdout
+
+
+def test_database_info_on_subset(subset_dir, subset_db):
+    result = run("database", "info", "--database", str(subset_dir), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    from .conftest import SUBSET
+    assert report["results"] == len(SUBSET)
+    assert report["failed_to_load"] == []
+    assert set(report["combinable"]) == {"ATLAS-SUSY-2018-31", "CMS-SUS-21-002"}
+    assert report["counts"]["sqrts_tev"] == {"8": 2, "13": 8}
