@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+import numpy as np
+
 from .atomic import write_json_atomic
 from .exceptions import DatabaseError
 
@@ -312,7 +314,9 @@ def describe(db: ExperimentalDatabase, check_combined: bool = False) -> Dict[str
         "smodels_version": _smodels_version(),
         "load_seconds": round(db.load_seconds, 2),
         "results": len(results),
-        "publications": len({base_id(er.globalInfo.id) for er in results}),
+        "publications": len({base_id(er.globalInfo.id) for er in results
+                             if not hasattr(er.globalInfo, "supersededBy")}),
+        "publications_with_superseded": len({base_id(er.globalInfo.id) for er in results}),
         "counts": counts,
         "combinable": sorted(combinable),
         "superseded": sorted(superseded),
@@ -330,31 +334,42 @@ def overrides_applied(db: ExperimentalDatabase) -> List[str]:
 
 
 def check_combined_results(db: ExperimentalDatabase) -> Dict[str, str]:
-    """Evaluate each combined result's likelihood at mu = 0 and 1 with a small signal in
-    every signal region: 'ok' or the reason it cannot combine."""
+    """Evaluate each combined result's likelihood at mu = 0 and 1, with a signal of a few
+    events in every signal region: 'ok', or the reason it cannot combine.
+
+    Every workspace of a pyhf result is evaluated on its own (SModelS would first rank
+    them by expected limits, which costs minutes for the large ones and checks nothing
+    more).
+    """
     from smodels.experiment.datasetObj import CombinedDataSet
     from smodels.statistics.basicStats import observed
     from smodels.statistics.statsTools import getStatsComputerModule
 
     computers = getStatsComputerModule()
+    signal = 2.0  # events per signal region
     status: Dict[str, str] = {}
     for er in db.results:
         if not (er.hasCovarianceMatrix() or er.hasJsonFile()):
             continue
+        t0 = time.perf_counter()
         try:
             dataset = CombinedDataSet(er)
             if er.hasCovarianceMatrix():
                 order = er.globalInfo.datasetOrder
-                computer = computers.forMultiBinSL(dataset=dataset, nsig=[0.1] * len(order),
+                computer = computers.forMultiBinSL(dataset=dataset, nsig=[signal] * len(order),
                                                    deltas_rel=0.2)
+                values = [computer.likelihood(poi_test=mu, evaluationType=observed,
+                                              return_nll=True) for mu in (0.0, 1.0)]
             else:
-                nsig = {ds.getID(): 0.1 for ds in dataset.origdatasets}
-                computer = computers.forPyhf(dataset=dataset, nsig=nsig, deltas_rel=0.2)
-            values = [computer.likelihood(poi_test=mu, evaluationType=observed, return_nll=True)
-                      for mu in (0.0, 1.0)]
-            if any(v is None for v in values):
-                raise ValueError(f"likelihood is {values}")
+                nsig = {ds.getID(): signal for ds in dataset.origdatasets}
+                pyhf = computers.forPyhf(dataset=dataset, nsig=nsig, deltas_rel=0.2).likelihoodComputer
+                values = [pyhf.likelihood(mu=mu, workspace_index=index, return_nll=True)
+                          for index in range(pyhf.nWS) for mu in (0.0, 1.0)]
+            if any(v is None or not np.isfinite(v) for v in values):
+                raise ValueError(f"likelihood values {values}")
             status[er.globalInfo.id] = "ok"
+            logger.info("%s: combined likelihood ok (%.1f s)", er.globalInfo.id,
+                        time.perf_counter() - t0)
         except Exception as error:
             status[er.globalInfo.id] = f"{type(error).__name__}: {error}"
     return status
@@ -365,7 +380,8 @@ def format_description(report: Dict[str, Any]) -> str:
         f"database {report['version']} at {report['path']}",
         f"  source {report['source']}" + (f" (sha256 {report['sha256'][:16]}...)" if report["sha256"] else ""),
         f"  SModelS {report['smodels_version']}, loaded in {report['load_seconds']} s",
-        f"  {report['results']} results from {report['publications']} publications",
+        f"  {report['results']} results from {report['publications_with_superseded']} publications, "
+        f"{report['publications']} of them not superseded",
     ]
     for kind, values in report["counts"].items():
         lines.append(f"  by {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(values.items())))

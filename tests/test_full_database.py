@@ -1,0 +1,70 @@
+"""The full SModelS 3.0.0 database (built once per machine and cached): slow tests."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from protomodels import database, significance
+from protomodels.combiner import CombinabilityMatrix, ResultKey, combinable
+from protomodels.predictor import effective_xsecs, predict
+from protomodels.slha import write_slha
+
+from . import models
+from .test_predictor import direct_smodels, ours
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_result_loads(full_db):
+    report = database.describe(full_db)
+    assert report["results"] == 204
+    assert report["failed_to_load"] == []
+    assert len(report["combinable"]) == 19
+    # the 11 results that need the project's final states are among those loaded
+    ids = {er.globalInfo.id for er in full_db.results}
+    assert {"CMS-EXO-20-004", "ATLAS-SUSY-2018-22"} <= ids
+
+
+def test_every_combined_result_evaluates(full_db):
+    status = database.check_combined_results(full_db)
+    assert len(status) == 19
+    assert {k: v for k, v in status.items() if v != "ok"} == {}
+
+
+def test_paper_best_r_values_equal_direct_smodels(full_db, tmp_path):
+    model = models.paper_best()
+    path = tmp_path / "best.slha"
+    write_slha(model, effective_xsecs(model), path)
+    expected = direct_smodels(path, full_db.smodels)
+    # SModelS' direct call uses every result, superseded ones included
+    from protomodels.predictor import Selection
+    got = ours(predict(model, full_db, Selection(superseded=True)))
+    assert set(got) == set(expected)
+    for key, values in expected.items():
+        for (r_obs, r_exp), (g_obs, g_exp) in zip(values, got[key]):
+            assert g_obs == pytest.approx(r_obs, rel=1e-9), key
+            assert (g_exp is None) == (r_exp is None), key
+            if r_exp is not None:
+                assert g_exp == pytest.approx(r_exp, rel=1e-9), key
+
+
+def test_paper_best_significance(full_db):
+    matrix = CombinabilityMatrix.load()
+    strict = significance.evaluate(models.paper_best(), full_db, r_limit=1.0, matrix=matrix)
+    loose = significance.evaluate(models.paper_best(), full_db, r_limit=1.3, matrix=matrix)
+    for result in (strict, loose):
+        assert result.combination, "the paper's best model explains some excess"
+        keys = [ResultKey(m.prediction.analysis_id, m.prediction.experiment, m.prediction.sqrts)
+                for m in result.combination]
+        assert all(combinable(a, b, matrix) for a, b in itertools.combinations(keys, 2))
+        assert result.K == pytest.approx(result.TL + result.log_prior)
+        assert result.mu_hat <= result.mu_max * (1 + 1e-9)
+    assert loose.TL >= strict.TL - 1e-6
+    assert loose.mu_max == pytest.approx(1.3 * strict.mu_max)
+
+
+def test_lsp_only_is_the_standard_model(full_db):
+    from protomodels.model import ProtoModel
+    assert significance.evaluate(ProtoModel(masses={1000022: 150.0}), full_db).K == 0.0
