@@ -275,7 +275,8 @@ def load(path: Optional[str] = None) -> ExperimentalDatabase:
     except Exception as error:
         raise DatabaseError(f"{pcl_source}: cannot load ({type(error).__name__}: {error})") from None
     if not db.expResultList:
-        raise DatabaseError(f"{pcl_source}: 0 results loaded (a path with a hidden folder?)")
+        raise DatabaseError(f"{pcl_source}: 0 results loaded (a corrupt or empty binary "
+                            "database, or a path with a hidden folder)")
     from .overrides import apply_overrides
     apply_overrides(db)
     seconds = time.perf_counter() - t0

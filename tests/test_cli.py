@@ -13,6 +13,7 @@ from protomodels.predictor import effective_xsecs
 from protomodels.slha import write_slha
 
 from . import models
+from .conftest import SUBSET
 
 
 def run(*args, env=None):
@@ -95,8 +96,38 @@ def test_database_info_on_subset(subset_dir, subset_db):
     result = run("database", "info", "--database", str(subset_dir), "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    from .conftest import SUBSET
     assert report["results"] == len(SUBSET)
     assert report["failed_to_load"] == []
     assert set(report["combinable"]) == {"ATLAS-SUSY-2018-31", "CMS-SUS-21-002"}
     assert report["counts"]["sqrts_tev"] == {"8": 2, "13": 8}
+
+
+def test_corrupt_binary_database(tmp_path):
+    bad = tmp_path / "db.pcl"
+    bad.write_text("garbage\n")
+    result = run("database", "info", "--database", str(bad))
+    assert result.exit_code == 1 and str(bad) in result.stderr and "corrupt" in result.stderr
+
+
+def test_concurrent_first_use_builds_once(subset_dir, tmp_path):
+    """Two processes unpack and build the same tarball into one fresh cache at once."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    tarball = tmp_path / "subset.tar.gz"
+    with tarfile.open(tarball, "w:gz", compresslevel=1) as archive:
+        archive.add(subset_dir, arcname="smodels-subset")
+    env = dict(os.environ, PROTOMODELS_CACHE=str(tmp_path / "cache"))
+    command = [sys.executable, "-m", "protomodels.cli", "database", "info", "--json",
+               "--database", str(tarball)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err
+        assert json.loads(out)["results"] == len(SUBSET)
+    builds = sum(err.count("building the SModelS binary database") for _, err in outputs)
+    assert builds == 1
+    assert len(list((tmp_path / "cache").glob("*/smodels-*.pcl"))) == 1
