@@ -59,7 +59,7 @@ def prior_terms(model: ProtoModel) -> Dict[str, int]:
 
 def two_ln_prior(terms: Dict[str, int]) -> float:
     """2 ln pi(BSM) = -(N_p + N_BR/2 + N_ssm/4), the prior's contribution to K."""
-    return -(terms["particles"] + terms["brs"] / 2.0 + terms["ssms"] / 4.0)
+    return 0.0 - (terms["particles"] + terms["brs"] / 2.0 + terms["ssms"] / 4.0)
 
 
 def log_prior_term(model: ProtoModel) -> float:

@@ -82,7 +82,8 @@ def read_slha(path: os.PathLike) -> ProtoModel:
     try:
         doc = pyslha.read(str(path), ignorenomass=True, ignorenobr=True)
     except Exception as error:  # pyslha raises bare ParseError/ValueError/IndexError
-        raise SLHAError(f"{path}: malformed SLHA ({type(error).__name__}: {error})") from None
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise SLHAError(f"{path}: malformed SLHA, pyslha cannot parse it ({detail})") from None
     if "MASS" not in doc.blocks:
         raise SLHAError(f"{path}: no MASS block")
     masses = _read_masses(path, doc.blocks["MASS"])

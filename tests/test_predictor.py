@@ -127,3 +127,29 @@ def test_critic_bounds_mu(subset_db):
     looser = significance.evaluate(models.gluino(), subset_db, r_limit=1.3)
     assert looser.mu_max == pytest.approx(1.3 / r_max)
     assert looser.TL >= result.TL - 1e-9
+
+
+def test_a_failing_combination_falls_back_without_stopping_others(subset_dir, subset_db):
+    """Break ATLAS-SUSY-2018-31's pyhf channel mapping in a private copy of the database:
+    that result falls back to its best signal region, every other result is unaffected."""
+    from protomodels import database
+
+    broken = database.load(str(subset_dir))
+    for er in broken.results:
+        if er.globalInfo.id == "ATLAS-SUSY-2018-31" and hasattr(er.globalInfo, "jsonFiles"):
+            for regions in er.globalInfo.jsonFiles.values():
+                for region in regions:
+                    region["pyhf"] = "no-such-channel"
+    model = models.sbottom_higgs()
+    preds = predict(model, broken)
+    fallback = [p for p in preds if p.analysis_id == "ATLAS-SUSY-2018-31" and p.data_type == "EM"]
+    assert len(fallback) == 1 and "combination failed" in fallback[0].note
+    assert not any(p.analysis_id == "ATLAS-SUSY-2018-31" and p.data_type == "combined" for p in preds)
+    def others(predictions):
+        return {(p.analysis_id, p.data_type, p.r_obs) for p in predictions
+                if (p.analysis_id, p.data_type) not in {("ATLAS-SUSY-2018-31", "EM"),
+                                                         ("ATLAS-SUSY-2018-31", "combined")}}
+
+    intact = predict(model, subset_db)
+    assert ("ATLAS-SUSY-2018-31", "combined") in {(p.analysis_id, p.data_type) for p in intact}
+    assert others(preds) and others(preds) == others(intact)

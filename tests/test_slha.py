@@ -113,6 +113,13 @@ def test_bad_input_names_file_and_field(tmp_path, mutate, message):
     assert message in str(info.value)
 
 
+def test_unparsable_file(tmp_path):
+    path = _write(tmp_path, "BLOCK MASS\n 1000022 100.0\n 1000021 1000.0\n"
+                            "DECAY 1000021 1.0\n 1.0 3 1 -1\n")  # 3 daughters announced, 2 given
+    with pytest.raises(SLHAError, match="malformed SLHA, pyslha cannot parse it"):
+        read_slha(path)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(SLHAError, match="no such file"):
         read_slha(tmp_path / "nope.slha")
