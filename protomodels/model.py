@@ -216,6 +216,34 @@ class ProtoModel:
     def multiplier(self, pair: Tuple[int, int]) -> float:
         return self.ssm.get(ssm_key(*pair), 1.0)
 
+    def to_dict(self) -> Dict[str, object]:
+        """JSON form (names as keys, exact floats): what histories and hiscores store."""
+        out: Dict[str, object] = {
+            "masses": {NAMES[p]: m for p, m in sorted(self.masses.items())},
+            "decays": {NAMES[p]: dict(sorted(d.items())) for p, d in sorted(self.decays.items())},
+            "ssm": [[a, b, v] for (a, b), v in sorted(self.ssm.items())],
+        }
+        if self.xsecs is not None:
+            out["xsecs_pb"] = [[s, a, b, v] for (s, (a, b)), v in sorted(self.xsecs.items())]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object], source: str = "model") -> "ProtoModel":
+        """Inverse of ``to_dict``; unknown names raise ModelError naming ``source``."""
+        try:
+            masses = {PIDS[n]: float(m) for n, m in data["masses"].items()}
+            decays = {PIDS[n]: {str(c): float(b) for c, b in d.items()}
+                      for n, d in data.get("decays", {}).items()}
+            ssm = {(int(a), int(b)): float(v) for a, b, v in data.get("ssm", [])}
+            xsecs = None
+            if "xsecs_pb" in data:
+                xsecs = {(int(s), (int(a), int(b))): float(v) for s, a, b, v in data["xsecs_pb"]}
+        except KeyError as error:
+            raise ModelError(f"{source}: unknown or missing field {error}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ModelError(f"{source}: malformed model ({error})") from None
+        return cls(masses=masses, decays=decays, ssm=ssm, xsecs=xsecs)
+
     def describe(self) -> str:
         """One line: particles and masses, lightest first."""
         return ", ".join(f"{NAMES[p]} {self.masses[p]:.0f}"

@@ -131,3 +131,17 @@ def test_xsection_blocks_are_used_as_given(tmp_path):
     model = read_slha(_write(tmp_path, text))
     assert model.xsecs[(13, (1000021, 1000021))] == 0.5
     assert effective_xsecs(model)[(13, (1000021, 1000021))] == 0.5
+
+
+@pytest.mark.parametrize("make", [models.gluino, models.electroweak, models.paper_best])
+def test_json_form_roundtrip(make):
+    import json
+    model = make()
+    back = ProtoModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert back == model
+
+
+def test_json_form_errors_name_the_source():
+    from protomodels.exceptions import ModelError
+    with pytest.raises(ModelError, match="hist.json: unknown or missing field 'Xq'"):
+        ProtoModel.from_dict({"masses": {"Xq": 100.0}}, source="hist.json")
