@@ -1,0 +1,386 @@
+"""Proposal moves of the walker, each Hastings-correct (SPEC section 7).
+
+The walker samples pi(x) ~ exp(K(x) / 2T) mu(x), where mu is a *reference measure* over
+proto-models that every move respects:
+
+- which particles are unfrozen: counting measure (weight 1 per valid set);
+- each unfrozen particle's mass: uniform on its range in the ``Space`` (default: its
+  lower wall to 2400 GeV);
+- each unfrozen non-LSP particle's decays: a support S (the channels with non-zero BR)
+  uniform over the non-empty subsets of its open channels, then BRs flat (Dirichlet(1))
+  on the simplex over S; LFU-tied channels are one channel;
+- each production process' multiplier: 1 with probability P_ONE, 0 with P_ZERO, else
+  log-uniform on ``Space.ssm_range``.
+
+Given the particle set, mu is a probability distribution, so with K depending only on the
+set, the set's visit frequencies are exp(K/2) normalised: that is what the statistical
+test checks.  States that break a model-space rule have pi = 0 (proposals are rejected).
+
+A move's ``propose(model, rng)`` returns ``Proposal(model, log_ratio)`` with
+log_ratio = log[mu(x') q(x | x')] - log[mu(x) q(x' | x)] (Jacobians included), or None
+when it does not apply.  Moves that are each other's reverse (unfreeze/freeze, open/close
+a channel) name it in ``reverse``; the sampler adds log(w_reverse / w_move) for their
+selection weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .exceptions import ModelError
+from .model import (CHANNELS, LOWER_WALL, LSP, MAX_MASS, NAMES, ORDERED_PAIRS, ProtoModel,
+                    channel_spec, ssm_key)
+from .xsec import reference_xsecs
+
+P_ONE, P_ZERO = 0.8, 0.1  # reference probabilities of a multiplier being exactly 1 or 0
+
+
+@dataclass(frozen=True)
+class Space:
+    """The model space a walker explores: candidate particles and parameter ranges."""
+
+    candidates: Tuple[int, ...] = tuple(sorted(NAMES))
+    mass_ranges: Dict[int, Tuple[float, float]] = field(default_factory=dict)
+    ssm_range: Tuple[float, float] = (1e-2, 1e2)
+
+    def mass_range(self, pid: int) -> Tuple[float, float]:
+        default = (LOWER_WALL.get(pid, 1.0), MAX_MASS)
+        return self.mass_ranges.get(pid, default)
+
+
+@dataclass
+class Proposal:
+    model: ProtoModel
+    log_ratio: float
+
+
+def open_channels(pid: int, masses: Dict[int, float]) -> List[str]:
+    return [spec.name for spec in CHANNELS[pid] if spec.is_open(pid, masses)]
+
+
+def process_keys(model: ProtoModel) -> List[Tuple[int, int]]:
+    """Multiplier keys of the processes the model's unfrozen particles have."""
+    return sorted({ssm_key(*pair) for pair in reference_xsecs(model.masses, 13)})
+
+
+def _log_ssm_reference(value: Optional[float], space: Space) -> float:
+    if value is None or value == 1.0:
+        return math.log(P_ONE)
+    if value == 0.0:
+        return math.log(P_ZERO)
+    lo, hi = space.ssm_range
+    if not lo <= value <= hi:
+        return -math.inf
+    return math.log(1.0 - P_ONE - P_ZERO) - math.log(math.log(hi / lo))  # density in log(value)
+
+
+def _log_particle_reference(model: ProtoModel, pid: int, space: Space) -> float:
+    lo, hi = space.mass_range(pid)
+    mass = model.masses[pid]
+    if not lo <= mass <= hi:
+        return -math.inf
+    log_mu = -math.log(hi - lo)
+    if pid == LSP:
+        return log_mu
+    n_open = len(open_channels(pid, model.masses))
+    support = [c for c, br in model.decays.get(pid, {}).items() if br > 0]
+    if n_open == 0 or not support:
+        return -math.inf
+    return log_mu - math.log(2.0 ** n_open - 1.0) + math.lgamma(len(support))
+
+
+def log_reference(model: ProtoModel, space: Space) -> float:
+    """log mu(model); -inf outside the model space (a broken rule, a value out of range)."""
+    try:
+        model.validate()
+    except ModelError:
+        return -math.inf
+    if any(pid not in space.candidates for pid in model.masses):
+        return -math.inf
+    total = sum(_log_particle_reference(model, pid, space) for pid in model.masses)
+    for key in process_keys(model):
+        total += _log_ssm_reference(model.ssm.get(key), space)
+    return total
+
+
+def draw_ssm(rng: np.random.Generator, space: Space) -> Optional[float]:
+    """A multiplier drawn from the reference (None means exactly 1, i.e. not stored)."""
+    u = rng.random()
+    if u < P_ONE:
+        return None
+    if u < P_ONE + P_ZERO:
+        return 0.0
+    lo, hi = space.ssm_range
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def draw_decays(pid: int, model: ProtoModel, rng: np.random.Generator) -> Dict[str, float]:
+    """BRs drawn from the reference: uniform non-empty support, flat on its simplex."""
+    channels = open_channels(pid, model.masses)
+    if not channels:
+        return {}
+    while True:
+        chosen = [c for c in channels if rng.random() < 0.5]
+        if chosen:
+            break
+    brs = rng.dirichlet(np.ones(len(chosen)))
+    return {c: float(b) for c, b in zip(chosen, brs)}
+
+
+def unfreezable(model: ProtoModel, space: Space) -> List[int]:
+    heavy_of = {heavy: light for light, heavy in ORDERED_PAIRS}
+    return [p for p in space.candidates
+            if p not in model.masses and p != LSP
+            and (p not in heavy_of or heavy_of[p] in model.masses)]
+
+
+def freezable(model: ProtoModel) -> List[int]:
+    light_of = {light: heavy for light, heavy in ORDERED_PAIRS}
+    return [p for p in model.unfrozen
+            if p != LSP and not (p in light_of and light_of[p] in model.masses)]
+
+
+def _remove_particle(model: ProtoModel, pid: int) -> ProtoModel:
+    new = model.copy()
+    del new.masses[pid]
+    new.decays.pop(pid, None)
+    keep = set(process_keys(new))
+    new.ssm = {k: v for k, v in new.ssm.items() if k in keep}
+    return new
+
+
+class Move:
+    """Base class: a named proposal with an optional reverse move."""
+
+    name = "move"
+    reverse: Optional[str] = None
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def propose(self, model: ProtoModel, rng: np.random.Generator) -> Optional[Proposal]:
+        raise NotImplementedError
+
+    def _ratio(self, old: ProtoModel, new: ProtoModel, log_q_reverse: float,
+               log_q_forward: float) -> Proposal:
+        log_new = log_reference(new, self.space)
+        if log_new == -math.inf:
+            return Proposal(new, -math.inf)
+        return Proposal(new, log_new - log_reference(old, self.space)
+                        + log_q_reverse - log_q_forward)
+
+
+class Unfreeze(Move):
+    """Add a particle with all its parameters drawn from the reference."""
+
+    name, reverse = "unfreeze", "freeze"
+
+    def propose(self, model, rng):
+        options = unfreezable(model, self.space)
+        if not options:
+            return None
+        pid = int(options[rng.integers(len(options))])
+        new = model.copy()
+        lo, hi = self.space.mass_range(pid)
+        new.masses[pid] = float(rng.uniform(lo, hi))
+        if pid != LSP:
+            new.decays[pid] = draw_decays(pid, new, rng)
+        fresh = set(process_keys(new)) - set(process_keys(model))
+        for key in sorted(fresh):
+            value = draw_ssm(rng, self.space)
+            if value is not None:
+                new.ssm[key] = value
+        if log_reference(new, self.space) == -math.inf:
+            return Proposal(new, -math.inf)
+        # q(x'|x) = 1/|options| x mu(new particle's parameters); mu(x') / mu(x) leaves
+        # exactly that factor plus the change of the other particles' BR normalisations.
+        drawn = _log_particle_reference(new, pid, self.space) + sum(
+            _log_ssm_reference(new.ssm.get(k), self.space) for k in fresh)
+        log_forward = -math.log(len(options)) + drawn
+        log_reverse = -math.log(len(freezable(new)))
+        return self._ratio(model, new, log_reverse, log_forward)
+
+
+class Freeze(Move):
+    """Remove a particle (never the LSP, never the lighter of an ordered pair alone)."""
+
+    name, reverse = "freeze", "unfreeze"
+
+    def propose(self, model, rng):
+        options = freezable(model)
+        if not options:
+            return None
+        pid = int(options[rng.integers(len(options))])
+        new = _remove_particle(model, pid)
+        if log_reference(new, self.space) == -math.inf:
+            return Proposal(new, -math.inf)
+        gone = set(process_keys(model)) - set(process_keys(new))
+        drawn = _log_particle_reference(model, pid, self.space) + sum(
+            _log_ssm_reference(model.ssm.get(k), self.space) for k in gone)
+        log_forward = -math.log(len(options))
+        log_reverse = -math.log(len(unfreezable(new, self.space))) + drawn
+        return self._ratio(model, new, log_reverse, log_forward)
+
+
+class ChangeMass(Move):
+    """Gaussian step of one particle's mass (the LSP too); symmetric."""
+
+    name = "mass"
+
+    def __init__(self, space: Space, step: float = 150.0):
+        super().__init__(space)
+        self.step = step
+
+    def propose(self, model, rng):
+        pids = model.unfrozen
+        pid = pids[rng.integers(len(pids))]
+        new = model.copy()
+        new.masses[pid] = float(model.masses[pid] + rng.normal(0.0, self.step))
+        return self._ratio(model, new, 0.0, 0.0)
+
+
+class JitterBRs(Move):
+    """Move a BR share between two channels of one particle's support; symmetric."""
+
+    name = "brs"
+
+    def __init__(self, space: Space, width: float = 0.1):
+        super().__init__(space)
+        self.width = width
+
+    def propose(self, model, rng):
+        pids = [p for p in model.unfrozen if len(model.decays.get(p, {})) >= 2]
+        if not pids:
+            return None
+        pid = pids[rng.integers(len(pids))]
+        names = sorted(model.decays[pid])
+        a, b = rng.choice(len(names), size=2, replace=False)
+        delta = float(rng.uniform(-self.width, self.width))
+        new = model.copy()
+        new.decays[pid][names[a]] += delta
+        new.decays[pid][names[b]] -= delta
+        if min(new.decays[pid][names[a]], new.decays[pid][names[b]]) <= 0:
+            return Proposal(new, -math.inf)
+        return self._ratio(model, new, 0.0, 0.0)
+
+
+def _can_open(model: ProtoModel) -> Dict[int, List[str]]:
+    return {p: [c for c in open_channels(p, model.masses) if c not in model.decays.get(p, {})]
+            for p in model.unfrozen if p != LSP}
+
+
+class OpenChannel(Move):
+    """Give a new open channel a share b ~ U(0, 1); the others keep their ratios."""
+
+    name, reverse = "open", "close"
+
+    def propose(self, model, rng):
+        candidates = {p: c for p, c in _can_open(model).items() if c}
+        if not candidates:
+            return None
+        pids = sorted(candidates)
+        pid = pids[rng.integers(len(pids))]
+        channel = candidates[pid][rng.integers(len(candidates[pid]))]
+        share = float(rng.random())
+        k = len(model.decays[pid])
+        new = model.copy()
+        new.decays[pid] = {c: br * (1.0 - share) for c, br in model.decays[pid].items()}
+        new.decays[pid][channel] = share
+        closable = [p for p in new.unfrozen if len(new.decays.get(p, {})) >= 2]
+        log_forward = -math.log(len(pids)) - math.log(len(candidates[pid]))
+        log_reverse = -math.log(len(closable)) - math.log(k + 1)
+        proposal = self._ratio(model, new, log_reverse, log_forward)
+        proposal.log_ratio += (k - 1) * math.log1p(-share)  # Jacobian of the rescaling
+        return proposal
+
+
+class CloseChannel(Move):
+    """Remove one channel of a particle's support; the others are renormalised."""
+
+    name, reverse = "close", "open"
+
+    def propose(self, model, rng):
+        pids = [p for p in model.unfrozen if len(model.decays.get(p, {})) >= 2]
+        if not pids:
+            return None
+        pid = pids[rng.integers(len(pids))]
+        names = sorted(model.decays[pid])
+        channel = names[rng.integers(len(names))]
+        share = model.decays[pid][channel]
+        new = model.copy()
+        del new.decays[pid][channel]
+        new.decays[pid] = {c: br / (1.0 - share) for c, br in new.decays[pid].items()}
+        k = len(new.decays[pid])
+        openable = {p: c for p, c in _can_open(new).items() if c}
+        log_forward = -math.log(len(pids)) - math.log(len(names))
+        log_reverse = -math.log(len(openable)) - math.log(len(openable[pid]))
+        proposal = self._ratio(model, new, log_reverse, log_forward)
+        proposal.log_ratio -= (k - 1) * math.log1p(-share)
+        return proposal
+
+
+class ScaleMultiplier(Move):
+    """Multiply one (continuous) multiplier by exp(N(0, width)); symmetric in log."""
+
+    name = "ssm"
+
+    def __init__(self, space: Space, width: float = 0.1):
+        super().__init__(space)
+        self.width = width
+
+    def propose(self, model, rng):
+        keys = [k for k in process_keys(model) if model.ssm.get(k, 1.0) not in (0.0, 1.0)]
+        if not keys:
+            return None
+        key = keys[rng.integers(len(keys))]
+        new = model.copy()
+        new.ssm[key] = float(model.ssm[key] * math.exp(rng.normal(0.0, self.width)))
+        return self._ratio(model, new, 0.0, 0.0)
+
+
+class RedrawMultiplier(Move):
+    """Redraw one process' multiplier from the reference: set it to 1, to 0, or anew."""
+
+    name = "ssm_redraw"
+
+    def propose(self, model, rng):
+        keys = process_keys(model)
+        if not keys:
+            return None
+        key = keys[rng.integers(len(keys))]
+        new = model.copy()
+        value = draw_ssm(rng, self.space)
+        new.ssm.pop(key, None)
+        if value is not None:
+            new.ssm[key] = value
+        # an independence proposal from the reference: q = mu for this coordinate
+        q_new = _log_ssm_reference(value, self.space)
+        q_old = _log_ssm_reference(model.ssm.get(key), self.space)
+        return self._ratio(model, new, q_old, q_new)
+
+
+def default_moves(space: Space) -> List[Tuple[Move, float]]:
+    """The walker's move mix (weights are relative)."""
+    return [
+        (Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space), 3.0),
+        (JitterBRs(space), 1.0), (OpenChannel(space), 0.5), (CloseChannel(space), 0.5),
+        (ScaleMultiplier(space), 1.0), (RedrawMultiplier(space), 0.5),
+    ]
+
+
+def choose(moves: Sequence[Tuple[Move, float]], rng: np.random.Generator
+           ) -> Tuple[Move, float]:
+    """Pick a move by weight; also return log(w_reverse / w_move) for the MH ratio."""
+    weights = np.array([w for _, w in moves], dtype=float)
+    index = int(rng.choice(len(moves), p=weights / weights.sum()))
+    move, weight = moves[index]
+    if move.reverse is None:
+        return move, 0.0
+    reverse = [w for m, w in moves if m.name == move.reverse]
+    if not reverse:
+        raise ValueError(f"move {move.name!r} needs its reverse {move.reverse!r} in the mix")
+    return move, math.log(reverse[0] / weight)

@@ -1,0 +1,113 @@
+"""Moves keep every model-space rule, and the sampler reproduces exp(K/2) exactly."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from protomodels.model import LSP, ProtoModel
+from protomodels.moves import Space, default_moves, log_reference
+from protomodels.predictor import effective_xsecs
+from protomodels.predictor import decompose
+from protomodels.slha import read_slha, to_slha, write_slha
+from protomodels.walker import sample
+
+
+def start_model() -> ProtoModel:
+    return ProtoModel(masses={LSP: 300.0})
+
+
+def test_random_move_sequences_keep_the_invariants(tmp_path):
+    """Thousands of random moves (every proposal accepted when it is valid): each state
+    passes validation, has finite reference density, and survives an SLHA round trip."""
+    space = Space()
+    moves = default_moves(space)
+    rng = np.random.default_rng(11)
+    model = start_model()
+    seen = Counter()
+    for step in sample(model, 0.0, lambda m: 0.0, moves, rng, steps=3000, temperature=1e9):
+        seen[step.move] += step.accepted
+        step.model.validate()
+        assert log_reference(step.model, space) > -math.inf
+        if step.step % 150 == 0:
+            path = tmp_path / "m.slha"
+            write_slha(step.model, effective_xsecs(step.model), path)
+            back = read_slha(path)
+            assert back.masses == step.model.masses
+            assert set(back.decays) == set(step.model.decays)
+            for pid, brs in step.model.decays.items():
+                assert back.decays[pid] == pytest.approx(brs, rel=1e-12)
+            xsecs = effective_xsecs(step.model)
+            if any(v > 0 for v in xsecs.values()):
+                decompose(to_slha(step.model, xsecs))  # SModelS accepts the file
+    assert all(seen[name] > 0 for name in ("unfreeze", "freeze", "mass", "brs", "open", "close")), seen
+
+
+def fake_K(model: ProtoModel) -> float:
+    """An analytic score of the particle content only."""
+    table = {(): 0.0, (1000021,): 3.0, (1000006,): -1.0, (1000006, 1000021): 4.0,
+             (1000024,): 1.0, (1000021, 1000024): 2.0, (1000006, 1000024): 0.5,
+             (1000006, 1000021, 1000024): 5.0}
+    return table[tuple(sorted(p for p in model.masses if p != LSP))]
+
+
+def test_visit_frequencies_match_exp_half_K():
+    """With K depending only on which particles exist, the chain's visit frequencies of
+    the 8 particle sets must be exp(K/2) normalised: a chi-square test (fixed seed)."""
+    space = Space(candidates=(LSP, 1000021, 1000006, 1000024),
+                  mass_ranges={LSP: (50.0, 90.0), 1000021: (400.0, 2400.0),
+                               1000006: (600.0, 2400.0), 1000024: (350.0, 2400.0)})
+    rng = np.random.default_rng(2024)
+    model = start_model()
+    model.masses[LSP] = 70.0
+    counts = Counter()
+    burn, thin = 2000, 40  # the particle set is autocorrelated over ~tens of steps
+    moves = [(m, w * (2.5 if m.name == "unfreeze" else 1.0)) for m, w in default_moves(space)]
+    for step in sample(model, fake_K(model), fake_K, moves, rng, steps=120000):
+        if step.step > burn and step.step % thin == 0:
+            counts[tuple(sorted(p for p in step.model.masses if p != LSP))] += 1
+    sets = [(), (1000021,), (1000006,), (1000024,), (1000006, 1000021), (1000021, 1000024),
+            (1000006, 1000024), (1000006, 1000021, 1000024)]
+    weights = np.array([math.exp(fake_K(ProtoModel(masses={LSP: 70.0, **{p: 1000.0 for p in s}})) / 2)
+                        for s in sets])
+    observed = np.array([counts[s] for s in sets], dtype=float)
+    expected = weights / weights.sum() * observed.sum()
+    chi2, p_value = stats.chisquare(observed, expected)
+    assert p_value > 0.001, (observed, expected)
+
+
+def test_reference_measure_of_decays_is_sampled_exactly():
+    """With K = 0 the chain samples the reference itself: with four open gluino channels
+    the support size k has probability C(4, k)/15, and within a 2-channel support each BR
+    is uniform. Unequal move weights check the selection-probability correction too."""
+    from protomodels.moves import (ChangeMass, CloseChannel, Freeze, JitterBRs, OpenChannel,
+                                   Unfreeze)
+    space = Space(candidates=(LSP, 1000021),
+                  mass_ranges={LSP: (50.0, 90.0), 1000021: (600.0, 2400.0)})
+    moves = [(Unfreeze(space), 2.0), (Freeze(space), 0.7), (ChangeMass(space), 1.0),
+             (JitterBRs(space), 1.0), (OpenChannel(space), 1.5), (CloseChannel(space), 0.4)]
+    rng = np.random.default_rng(7)
+    model = ProtoModel(masses={LSP: 70.0})
+    sizes, shares, present = Counter(), [], 0
+    steps = 60000
+    for step in sample(model, 0.0, lambda m: 0.0, moves, rng, steps=steps):
+        if step.step <= 2000 or step.step % 5:
+            continue
+        decays = step.model.decays.get(1000021)
+        if decays is None:
+            continue
+        present += 1
+        sizes[len(decays)] += 1
+        if len(decays) == 2:
+            shares.append(decays[min(decays)])
+    # the particle set: {LSP} and {LSP, Xg} have equal reference weight
+    observed = np.array([sizes[k] for k in (1, 2, 3, 4)], dtype=float)
+    expected = np.array([4, 6, 4, 1], dtype=float) / 15 * observed.sum()
+    assert stats.chisquare(observed, expected).pvalue > 0.001, (observed, expected)
+    assert stats.kstest(shares[::5], "uniform").pvalue > 0.001
+    fraction = present / ((steps - 2000) / 5)
+    assert abs(fraction - 0.5) < 0.05, fraction
