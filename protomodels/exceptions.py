@@ -31,3 +31,7 @@ class PredictionError(ProtomodelsError):
 
 class CombinerError(ProtomodelsError):
     """The combinability matrices are missing or malformed."""
+
+
+class RunError(ProtomodelsError):
+    """A run directory or checkpoint is missing, inconsistent or corrupt."""
