@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 from .atomic import write_json_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
-from .moves import Space, default_moves
+from .moves import Space, Unfreeze, default_moves
 from .walker import sample
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,16 @@ def walker_seeds(seed: int, walkers: int) -> List[np.random.SeedSequence]:
     return np.random.SeedSequence(seed).spawn(walkers)
 
 
-def start_model(rng: np.random.Generator) -> ProtoModel:
-    """SPEC: the LSP alone, its mass uniform in 200-500 GeV."""
-    return ProtoModel(masses={LSP: float(rng.uniform(200.0, 500.0))})
+def start_model(rng: np.random.Generator, space: Space) -> ProtoModel:
+    """SPEC: the LSP (mass uniform in 200-500 GeV) plus one random particle."""
+    lo, hi = space.mass_range(LSP)
+    lsp = ProtoModel(masses={LSP: float(rng.uniform(max(200.0, lo), min(500.0, hi)))})
+    unfreeze = Unfreeze(space)
+    for _ in range(100):
+        proposal = unfreeze.propose(lsp, rng)
+        if proposal is not None and proposal.log_ratio > -math.inf:
+            return proposal.model
+    return lsp
 
 
 class WalkerStore:
@@ -95,8 +103,12 @@ Score = Callable[[ProtoModel], Dict[str, Any]]  # returns at least {"K": float}
 
 def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: int,
                space: Space, temperature: float = 1.0, checkpoint_every: int = 10,
-               resume: bool = False) -> None:
-    """Run (or continue) one walker for ``steps`` more steps."""
+               resume: bool = False, hiscores: Optional[Path] = None, walker: int = 0) -> None:
+    """Run (or continue) one walker for ``steps`` more steps.
+
+    Ctrl-C (KeyboardInterrupt) ends the walker after a checkpoint of its last step.
+    Accepted states are merged into ``hiscores`` at every checkpoint.
+    """
     store = WalkerStore(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if resume:
@@ -108,29 +120,266 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         record, first = state["record"], state["step"] + 1
     else:
         rng = np.random.Generator(np.random.PCG64(seed))
-        model = start_model(rng)
+        model = start_model(rng, space)
         record, first = score(model), 1
         store.truncate_history(0)
         store.save_checkpoint(0, model, record, rng)
     records: Dict[int, Dict[str, Any]] = {}
+    candidates: List[Dict[str, Any]] = []
 
     def scored(candidate: ProtoModel) -> float:
         result = score(candidate)
         records[id(candidate)] = result
         return float(result["K"])
 
+    def checkpoint(step_number: int, state_model: ProtoModel) -> None:
+        store.save_checkpoint(step_number, state_model, record, rng)
+        if hiscores is not None and candidates:
+            update_hiscores(hiscores, candidates)
+            candidates.clear()
+
     moves = default_moves(space)
-    for step in sample(model, float(record["K"]), scored, moves, rng, steps,
-                       temperature=temperature, first_step=first):
-        if step.accepted:
-            record = records[id(step.model)]
-        records.clear()
-        store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
-                      **{k: v for k, v in record.items()}, "model": step.model.to_dict()})
-        if step.step % checkpoint_every == 0 or step.step == first + steps - 1:
-            store.save_checkpoint(step.step, step.model, record, rng)
+    last = (first - 1, model)
+    rng_after_last = rng.bit_generator.state
+    try:
+        for step in sample(model, float(record["K"]), scored, moves, rng, steps,
+                           temperature=temperature, first_step=first):
+            if step.accepted:
+                record = records[id(step.model)]
+                candidates.append({"K": record["K"], "walker": walker, "step": step.step,
+                                   **{k: v for k, v in record.items() if k != "K"},
+                                   "model": step.model.to_dict()})
+            records.clear()
+            store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
+                          **record, "model": step.model.to_dict()})
+            last = (step.step, step.model)
+            rng_after_last = rng.bit_generator.state
+            if step.step % checkpoint_every == 0 or step.step == first + steps - 1:
+                checkpoint(step.step, step.model)
+    except KeyboardInterrupt:
+        logger.warning("walker %d interrupted at step %d: checkpointing", walker, last[0])
+        rng.bit_generator.state = rng_after_last  # so that a resume continues exactly
+        checkpoint(*last)
+        raise
+
+
+def update_hiscores(path: Path, candidates: List[Dict[str, Any]]) -> None:
+    from . import hiscores
+    hiscores.update(path, hiscores.merge(candidates))
 
 
 def read_history(folder: Path) -> List[Dict[str, Any]]:
     path = Path(folder) / "history.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
+    """K of a model against the database, with what the history records about it."""
+    from . import significance
+    from .exceptions import ProtomodelsError
+
+    def score(model: ProtoModel) -> Dict[str, Any]:
+        try:
+            result = significance.evaluate(model, database, r_limit=r_limit, selection=selection)
+        except ProtomodelsError as error:
+            logger.warning("model %s not evaluated (%s): proposal rejected", model.describe(), error)
+            return {"K": -math.inf}
+        return {"K": result.K, "TL": result.TL, "mu_hat": result.mu_hat,
+                "mu_max": result.mu_max if math.isfinite(result.mu_max) else None,
+                "combination": [{"analysis_id": m.prediction.analysis_id,
+                                 "dataset": m.prediction.dataset_id,
+                                 "type": m.prediction.data_type,
+                                 "sqrts": m.prediction.sqrts} for m in result.combination]}
+    return score
+
+
+def best_fit(model: ProtoModel, mu_hat: float) -> ProtoModel:
+    """The model with every multiplier scaled by mu_hat: the best fit within the critic.
+
+    The chain itself keeps the unscaled state (a deterministic rescaling inside the
+    chain would break its reference measure); K is the same for both.
+    """
+    from .moves import process_keys
+    fitted = model.copy()
+    fitted.ssm = {key: model.ssm.get(key, 1.0) * mu_hat for key in process_keys(model)}
+    return fitted
+
+
+@dataclass
+class WalkConfig:
+    """Everything that defines a run; written resolved into run.json."""
+
+    out: str = ""
+    walkers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    steps: int = 100
+    seed: int = 0
+    temperature: float = 1.0
+    r_limit: float = 1.0
+    checkpoint_every: int = 10
+    database: Optional[str] = None
+    sqrts: List[int] = field(default_factory=lambda: [8, 13])
+    analyses: List[str] = field(default_factory=lambda: ["*"])
+
+
+_TYPES = {"out": str, "walkers": int, "steps": int, "seed": int, "temperature": (int, float),
+          "r_limit": (int, float), "checkpoint_every": int, "database": (str, type(None)),
+          "sqrts": list, "analyses": list}
+
+
+def load_config(path: Path) -> Dict[str, Any]:
+    """Read a TOML or YAML run configuration; an unknown key or a wrong type names itself."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RunError(f"{path}: cannot read configuration ({error})") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        else:
+            import yaml
+            data = yaml.safe_load(text) or {}
+    except Exception as error:
+        raise RunError(f"{path}: malformed configuration ({error})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: expected key = value entries")
+    for key, value in data.items():
+        if key not in _TYPES:
+            raise RunError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(_TYPES))})")
+        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
+            raise RunError(f"{path}: key {key!r} has the wrong type ({value!r})")
+    return data
+
+
+def _versions(db) -> Dict[str, Any]:
+    from smodels import installation
+    from . import __version__
+    return {"protomodels": __version__, "smodels": installation.version(),
+            "database": db.version if db else None, "database_sha256": db.sha256 if db else None,
+            "database_path": db.path if db else None}
+
+
+def _walker_process(index: int, folder: Path, seed, score: Score, steps: int, space: Space,
+                    config: WalkConfig, resume: bool, hiscores_path: Path) -> None:
+    try:
+        run_walker(folder, seed, score, steps, space, config.temperature,
+                   config.checkpoint_every, resume=resume, hiscores=hiscores_path, walker=index)
+    except KeyboardInterrupt:
+        os._exit(130)
+    except Exception:
+        logger.exception("walker %d crashed", index)
+        os._exit(1)
+    os._exit(0)
+
+
+def progress(out: Path, walkers: int) -> List[Dict[str, Any]]:
+    """Steps done, acceptance and best K of every walker, from the histories on disk."""
+    status = []
+    for i in range(walkers):
+        path = Path(out) / f"walker-{i}" / "history.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        entries = [json.loads(line) for line in lines if line.strip()]
+        status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
+                       "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
+                       "best_K": max((e["K"] for e in entries), default=None)})
+    return status
+
+
+def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[str, Any]:
+    """Start or continue a run: load the database once, then one process per walker
+    (forked after the load, so they share it).  Returns a summary with crashed walkers."""
+    import multiprocessing
+    import sys
+    import time
+
+    out = Path(config.out)
+    run_json = out / "run.json"
+    if resume:
+        try:
+            stored = json.loads(run_json.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise RunError(f"{run_json}: cannot resume ({error})") from None
+        steps = config.steps
+        config = WalkConfig(**stored["config"])
+        config.steps = steps
+    elif run_json.exists():
+        raise RunError(f"{out}: a run already exists there; use --resume or another --out")
+    db = None
+    if score_factory is None:
+        from . import database
+        from .predictor import Selection
+        db = database.load(config.database)
+        selection = Selection(sqrts=tuple(config.sqrts), analyses=tuple(config.analyses))
+        score = physics_score(db, config.r_limit, selection)
+    else:
+        score = score_factory()
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        stored["segments"].append({"steps": config.steps, "started": time.time()})
+        write_json_atomic(run_json, stored)
+    else:
+        write_json_atomic(run_json, {"schema": RUN_SCHEMA, "config": asdict(config),
+                                     "versions": _versions(db),
+                                     "seeds": {"entropy": config.seed, "spawn": "SeedSequence(seed).spawn(walkers)"},
+                                     "segments": [{"steps": config.steps, "started": time.time()}]})
+    seeds = walker_seeds(config.seed, config.walkers)
+    space = Space()
+    hiscores_path = out / "hiscores.json"
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_walker_process, name=f"walker-{i}",
+                                 args=(i, out / f"walker-{i}", seeds[i], score, config.steps, space,
+                                       config, resume, hiscores_path))
+                 for i in range(config.walkers)]
+    for process in processes:
+        process.start()
+    tty = sys.stderr.isatty()
+    last_report = 0.0
+    try:
+        while any(p.is_alive() for p in processes):
+            time.sleep(0.5)
+            now = time.monotonic()
+            if now - last_report > (1.0 if tty else 30.0):
+                last_report = now
+                line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
+                                 f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
+                                 for s in progress(out, config.walkers))
+                if tty:
+                    print("\r" + line, end="", file=sys.stderr, flush=True)
+                else:
+                    logger.warning("progress: %s", line)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: waiting for the walkers to checkpoint")
+        for process in processes:
+            process.join()
+    finally:
+        if tty:
+            print(file=sys.stderr)
+    for process in processes:
+        process.join()
+    crashed = [i for i, p in enumerate(processes) if p.exitcode not in (0, 130)]
+    interrupted = [i for i, p in enumerate(processes) if p.exitcode == 130]
+    for i in crashed:
+        logger.error("walker %d crashed (exit code %s): --resume continues it from its "
+                     "last checkpoint", i, processes[i].exitcode)
+    export_hiscores(out)
+    return {"out": str(out), "crashed": crashed, "interrupted": interrupted,
+            "progress": progress(out, config.walkers)}
+
+
+def export_hiscores(out: Path) -> List[Path]:
+    """Write every hiscore's best-fit model as out/hiscores/rank-<n>.slha."""
+    from . import hiscores
+    from .predictor import effective_xsecs
+    from .slha import write_slha
+
+    entries = hiscores.read(Path(out) / "hiscores.json")
+    folder = Path(out) / "hiscores"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for entry in entries:
+        model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
+        path = folder / f"rank-{entry['rank']}.slha"
+        write_slha(model, effective_xsecs(model), path)
+        paths.append(path)
+    return paths

@@ -9,7 +9,6 @@ from protomodels.model import LSP
 from protomodels.moves import Space
 from protomodels.runs import WalkerStore, read_history, run_walker, walker_seeds
 
-from .test_moves import fake_K
 
 SPACE = Space(candidates=(LSP, 1000021, 1000006, 1000024),
               mass_ranges={LSP: (50.0, 600.0)})
@@ -17,7 +16,8 @@ SPACE = Space(candidates=(LSP, 1000021, 1000006, 1000024),
 
 def fake_score(model):
     """A fake predictor (no physics): K from the particle content, plus a mass term."""
-    return {"K": fake_K(model) - 1e-3 * model.masses[LSP], "TL": 0.0, "mu_hat": 1.0}
+    content = sum({1000021: 2.0, 1000006: -0.5}.get(p, 0.3) for p in model.masses if p != LSP)
+    return {"K": content - 1e-3 * model.masses[LSP], "TL": 0.0, "mu_hat": 1.0}
 
 
 def test_same_seed_same_history(tmp_path):
@@ -62,3 +62,76 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
         run_walker(tmp_path / "w", seed, fake_score, 5, SPACE, resume=True)
     with pytest.raises(RunError, match="no checkpoint"):
         run_walker(tmp_path / "none", seed, fake_score, 5, SPACE, resume=True)
+
+
+def fake_factory():
+    return fake_score
+
+
+def test_walk_writes_a_complete_run_and_resumes(tmp_path):
+    import json
+
+    from protomodels import hiscores
+    from protomodels.runs import WalkConfig, progress, walk
+
+    config = WalkConfig(out=str(tmp_path / "run"), walkers=2, steps=12, seed=9, checkpoint_every=4)
+    summary = walk(config, score_factory=fake_factory)
+    assert summary["crashed"] == [] and [s["steps"] for s in summary["progress"]] == [12, 12]
+    run = json.loads((tmp_path / "run/run.json").read_text())
+    assert run["config"]["seed"] == 9 and run["schema"] == "protomodels.run/1"
+    entries = hiscores.read(tmp_path / "run/hiscores.json")
+    assert entries and [e["rank"] for e in entries] == list(range(1, len(entries) + 1))
+    assert all(a["K"] >= b["K"] for a, b in zip(entries, entries[1:]))
+    assert (tmp_path / "run/hiscores/rank-1.slha").exists()
+    walk(WalkConfig(out=str(tmp_path / "run"), steps=5), resume=True, score_factory=fake_factory)
+    assert [s["steps"] for s in progress(tmp_path / "run", 2)] == [17, 17]
+    with pytest.raises(RunError, match="already exists"):
+        walk(config, score_factory=fake_factory)
+
+
+def crashing_factory():
+    import multiprocessing
+
+    def score(model):
+        if multiprocessing.current_process().name == "walker-1" and len(model.masses) > 2:
+            raise RuntimeError("boom")
+        return fake_score(model)
+    return score
+
+
+def test_a_crashed_walker_does_not_stop_the_others(tmp_path):
+    from protomodels.runs import WalkConfig, walk
+
+    summary = walk(WalkConfig(out=str(tmp_path / "run"), walkers=2, steps=40, seed=1),
+                   score_factory=crashing_factory)
+    assert summary["crashed"] == [1]
+    assert summary["progress"][0]["steps"] == 40
+
+
+def slow_score(model):
+    import time
+    time.sleep(0.005)
+    return fake_score(model)
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from protomodels import hiscores
+    seed = walker_seeds(4, 1)[0]
+    run_walker(tmp_path / "ref", seed, fake_score, 150, SPACE, checkpoint_every=10)
+    context = multiprocessing.get_context("fork")
+    proc = context.Process(target=run_walker, args=(tmp_path / "w", seed, slow_score, 150, SPACE),
+                           kwargs={"checkpoint_every": 10, "hiscores": tmp_path / "hiscores.json"})
+    proc.start()
+    time.sleep(0.4)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    done = WalkerStore(tmp_path / "w").load_checkpoint()["step"]
+    assert 0 < done < 150
+    hiscores.read(tmp_path / "hiscores.json")  # whole and valid, whenever the kill came
+    run_walker(tmp_path / "w", seed, fake_score, 150 - done, SPACE, checkpoint_every=10, resume=True)
+    assert (tmp_path / "w/history.jsonl").read_bytes() == (tmp_path / "ref/history.jsonl").read_bytes()

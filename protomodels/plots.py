@@ -1,0 +1,305 @@
+"""Pictures of a walker run: K traces, the best mass spectra, combined likelihoods.
+
+The plots are for looking at a run by eye (did the walkers converge, what do the best
+models look like, which results drive the excess), so they read only the files a run
+leaves on disk (``walker-<i>/history.jsonl`` and ``hiscores.json``) and can be made
+while the walkers are still going.  matplotlib is an optional dependency: it is
+imported inside the functions, and figures are drawn on the non-interactive Agg
+canvas directly, so no global pyplot state (backend, open figures) is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import hiscores
+from .exceptions import ProtomodelsError, RunError
+from .model import FROZEN_MASS
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+NllFunction = Callable[[np.ndarray], np.ndarray]
+
+MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'protomodels[plots]'"
+DPI = 120
+GRID_POINTS = 301
+WALKER_FOLDER = re.compile(r"^walker-(\d+)$")
+
+#: Particle families (by name prefix) and their colours in the mass spectrum.
+FAMILIES: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
+    ("gluino", ("Xg",), "tab:red"),
+    ("squarks", ("Xd", "Xu", "Xs", "Xc", "Xb", "Xt"), "tab:blue"),
+    ("sleptons", ("Xe", "Xmu", "Xtau", "Xnu"), "tab:green"),
+    ("electroweakinos", ("XZ", "XW"), "tab:purple"),
+)
+
+
+def _figure(width: float, height: float) -> "Figure":
+    """A Figure on an Agg canvas; matplotlib is imported here so that it stays optional."""
+    try:
+        import matplotlib  # noqa: F401  (imported first so a missing package is caught)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ProtomodelsError(MISSING_MATPLOTLIB) from None
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: "Figure", path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=DPI)
+    logger.info("wrote %s", path)
+
+
+def _walker_folders(run_dir: Path) -> List[Tuple[int, Path]]:
+    """``walker-<i>`` folders of a run, by walker number (walker-10 after walker-2)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    found = []
+    for child in run_dir.iterdir():
+        match = WALKER_FOLDER.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    if not found:
+        raise RunError(f"{run_dir}: no walker-<i> folders")
+    return sorted(found)
+
+
+def _read_history(folder: Path) -> List[Dict[str, Any]]:
+    """All steps of one walker; a corrupt line is an error naming the file and line."""
+    path = folder / "history.jsonl"
+    if not path.exists():
+        return []  # a walker that has not written its first step yet
+    steps = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            steps.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise RunError(f"{path}:{number}: corrupt history line ({error})") from None
+    return steps
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
+    """K against step for every walker: shows burn-in, mixing and where walkers got stuck.
+
+    K only changes on accepted steps, so each walker is drawn as a step line.
+    """
+    walkers = _walker_folders(run_dir)
+    fig = _figure(8.0, 4.8)
+    ax = fig.add_subplot()
+    best: Optional[Tuple[float, int]] = None
+    for index, folder in walkers:
+        points = [(s["step"], s["K"]) for s in _read_history(folder)
+                  if _finite(s.get("step")) and _finite(s.get("K"))]
+        steps = [p[0] for p in points]
+        ks = [p[1] for p in points]
+        ax.plot(steps, ks, drawstyle="steps-post", linewidth=1.2, label=f"walker {index}")
+        for step, k in points:
+            if best is None or k > best[0]:
+                best = (k, step)
+    if best is not None:
+        ax.scatter([best[1]], [best[0]], marker="*", s=120, color="gold",
+                   edgecolor="black", zorder=5, label=f"best K = {best[0]:.2f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("K")
+    ax.set_title(f"K trace: {Path(run_dir).name or run_dir}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small", ncol=1 if len(walkers) <= 8 else 2)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _family_colour(name: str) -> str:
+    for _, prefixes, colour in FAMILIES:
+        if name.startswith(prefixes):
+            return colour
+    return "black"
+
+
+def _spread(values: Sequence[float], gap: float, low: float, high: float) -> List[float]:
+    """Label heights near ``values`` (sorted ascending) at least ``gap`` apart, in [low, high]."""
+    out = list(values)
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1] + gap)
+    if out and out[-1] > high:
+        out[-1] = high
+        for i in range(len(out) - 2, -1, -1):
+            out[i] = min(out[i], out[i + 1] - gap)
+    return [max(v, low) for v in out]
+
+
+def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
+    """Particle masses of the best ``top`` hiscore models side by side, to compare them.
+
+    x is the hiscore rank, y the mass in GeV; each particle is a horizontal tick,
+    labelled with its name and coloured by family.
+    """
+    source = Path(run_dir) / "hiscores.json"
+    entries = sorted(hiscores.read(source), key=lambda e: e.get("rank", 0))[:max(top, 0)]
+    if not entries:
+        raise RunError(f"{source}: no hiscore entries to plot")
+    spectra = []
+    for entry in entries:
+        masses = {name: float(m) for name, m in entry["model"]["masses"].items()
+                  if float(m) < FROZEN_MASS}
+        spectra.append(sorted(masses.items(), key=lambda item: item[1]))
+    all_masses = [m for spectrum in spectra for _, m in spectrum] or [0.0]
+    span = max(max(all_masses) - min(all_masses), 100.0)
+    low = max(0.0, min(all_masses) - 0.08 * span)
+    high = max(all_masses) + 0.08 * span
+    gap = 0.035 * (high - low)
+
+    fig = _figure(max(6.0, 1.6 * len(entries) + 2.5), 6.0)
+    ax = fig.add_subplot()
+    for x, (entry, spectrum) in enumerate(zip(entries, spectra), start=1):
+        names = [name for name, _ in spectrum]
+        masses = [m for _, m in spectrum]
+        label_heights = _spread(masses, gap, low + gap / 2, high - gap / 2)
+        for name, mass, y in zip(names, masses, label_heights):
+            colour = _family_colour(name)
+            ax.plot([x - 0.25, x + 0.25], [mass, mass], color=colour, linewidth=2.5,
+                    solid_capstyle="butt")
+            if abs(y - mass) > 1e-9:  # label moved off its tick: connect them
+                ax.plot([x + 0.25, x + 0.3], [mass, y], color=colour, linewidth=0.6)
+            ax.text(x + 0.32, y, f"{name} {mass:.0f}", va="center", ha="left",
+                    fontsize=8, color=colour)
+    ax.set_xlim(0.4, len(entries) + 0.95)
+    ax.set_ylim(low, high)
+    ax.set_xticks(range(1, len(entries) + 1))
+    ax.set_xticklabels([f"#{e.get('rank', i)}\nwalker {e.get('walker', '?')}"
+                        for i, e in enumerate(entries, start=1)], fontsize=8)
+    ax.set_xlabel("hiscore rank")
+    ax.set_ylabel("mass [GeV]")
+    ax.grid(True, axis="y", alpha=0.3)
+    ks = ", ".join(f"#{e.get('rank', i)}: {e['K']:.2f}" for i, e in enumerate(entries, start=1))
+    ax.set_title(f"Best proto-models — K  {ks}", fontsize=10)
+    handles = [ax.plot([], [], color=colour, linewidth=2.5, label=family)[0]
+               for family, _, colour in FAMILIES
+               if any(_family_colour(n) == colour for s in spectra for n, _ in s)]
+    if handles:
+        ax.legend(handles=handles, loc="upper left", fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _mu_range(mu_hat: Optional[float], mu_max: Optional[float]) -> float:
+    """Upper end of the mu axis: past mu_max, or around mu_hat when mu_max is unbounded."""
+    if _finite(mu_max) and mu_max > 0:
+        return 1.5 * mu_max
+    if _finite(mu_hat) and mu_hat > 0:
+        return 3.0 * mu_hat
+    return 1.0
+
+
+def _evaluate(nll: NllFunction, grid: np.ndarray, label: str) -> np.ndarray:
+    """nll on the grid; falls back to point by point for a function that is not vectorised."""
+    values = np.asarray(nll(grid), dtype=float)
+    if values.shape != grid.shape:
+        values = np.array([float(nll(mu)) for mu in grid])
+    if not np.isfinite(values).any():
+        raise ProtomodelsError(f"likelihood {label!r}: nll is not finite anywhere on the mu grid")
+    return values
+
+
+def _delta(values: np.ndarray) -> np.ndarray:
+    return 2.0 * (values - np.nanmin(np.where(np.isfinite(values), values, np.nan)))
+
+
+def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[float],
+                     mu_max: Optional[float], path: Path) -> "Figure":
+    """-2 Delta ln L of each combined result and of their sum, against the signal strength.
+
+    Shows which results pull mu_hat away from zero and which bound it from above
+    (mu_max).  Each curve is relative to its own minimum on mu in [0, 1.5 mu_max].
+    """
+    if not members:
+        raise ProtomodelsError("plot_likelihoods: no likelihood members to draw")
+    grid = np.linspace(0.0, _mu_range(mu_hat, mu_max), GRID_POINTS)
+    fig = _figure(8.0, 5.0)
+    ax = fig.add_subplot()
+    total = np.zeros_like(grid)
+    for label, nll in members:
+        values = _evaluate(nll, grid, label)
+        total = total + values
+        ax.plot(grid, _delta(values), linewidth=1.2, label=label)
+    summed = _delta(total)
+    ax.plot(grid, summed, color="black", linewidth=2.2, label="sum")
+    if _finite(mu_hat):
+        ax.axvline(mu_hat, color="tab:green", linestyle="--", linewidth=1.2,
+                   label=rf"$\hat\mu$ = {mu_hat:.3g}")
+    if _finite(mu_max):
+        ax.axvline(mu_max, color="tab:red", linestyle=":", linewidth=1.5,
+                   label=rf"$\mu_{{max}}$ = {mu_max:.3g}")
+    curves_top = float(np.nanmax(summed[np.isfinite(summed)])) if np.isfinite(summed).any() else 1.0
+    ax.set_xlim(grid[0], grid[-1])
+    ax.set_ylim(0.0, max(1.0, min(curves_top, 50.0)) * 1.08)
+    ax.set_xlabel(r"signal strength $\mu$")
+    ax.set_ylabel(r"$-2\,\Delta\ln L$")
+    ax.set_title("Likelihoods of the combined results")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def _best_mu(run_dir: Path) -> Tuple[Optional[float], Optional[float]]:
+    """mu_hat and mu_max of the top hiscore (mu_max from its walker's history line)."""
+    entries = sorted(hiscores.read(Path(run_dir) / "hiscores.json"),
+                     key=lambda e: e.get("rank", 0))
+    if not entries:
+        return None, None
+    best = entries[0]
+    mu_hat, mu_max = best.get("mu_hat"), best.get("mu_max")
+    if mu_max is None and "walker" in best and "step" in best:
+        folder = Path(run_dir) / f"walker-{best['walker']}"
+        for step in _read_history(folder):
+            if step.get("step") == best["step"]:
+                mu_max = step.get("mu_max")
+                break
+    return mu_hat, mu_max
+
+
+def plot_run(run_dir: Path, out_dir: Path,
+             likelihood_members: Optional[List[Tuple[str, NllFunction]]] = None,
+             mu_hat: Optional[float] = None, mu_max: Optional[float] = None) -> List[Path]:
+    """All plots of a run into ``out_dir``; returns the files written.
+
+    The likelihood plot needs the nll functions, which are not stored in the run, so
+    it is drawn only when ``likelihood_members`` is given; mu_hat and mu_max default to
+    those of the best hiscore model.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "k_trace.png", out_dir / "mass_spectrum.png"]
+    plot_k_trace(run_dir, written[0])
+    plot_mass_spectrum(run_dir, written[1])
+    if likelihood_members:
+        if mu_hat is None and mu_max is None:
+            mu_hat, mu_max = _best_mu(run_dir)
+        target = out_dir / "likelihoods.png"
+        plot_likelihoods(likelihood_members, mu_hat, mu_max, target)
+        written.append(target)
+    return written
