@@ -199,6 +199,140 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
           else database.format_description(report), output_file)
 
 
+@cli.command()
+@click.option("--walkers", type=click.IntRange(min=1), default=None, help="Walker processes [default: all cores].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per walker (with --resume: more steps).")
+@click.option("--seed", type=int, default=None, help="Seed of the run's SeedSequence [default: 0].")
+@click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Run directory.")
+@click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Continue the run in this directory from its checkpoints.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="TOML or YAML file with any of these options (flags win).")
+@database_option
+@_handle_errors
+def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_every, config_file,
+         database_path) -> None:
+    """Run Metropolis-Hastings walkers over proto-models (or --resume a run)."""
+    from .runs import WalkConfig, load_config, walk as run_walk
+
+    values: Dict[str, Any] = load_config(Path(config_file)) if config_file else {}
+    flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
+             "temperature": temperature, "r_limit": r_limit, "checkpoint_every": checkpoint_every,
+             "database": database_path}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if not values.get("out"):
+        raise click.UsageError("give --out DIR for a new run, or --resume DIR")
+    summary = run_walk(WalkConfig(**values), resume=resume is not None)
+    for state in summary["progress"]:
+        click.echo(f"walker {state['walker']}: {state['steps']} steps, acceptance "
+                   f"{100 * state['acceptance']:.0f}%, best K {state['best_K']}")
+    if summary["crashed"]:
+        click.echo(f"Error: walkers {summary['crashed']} crashed; --resume {summary['out']} "
+                   "continues them", err=True)
+        sys.exit(1)
+    if summary["interrupted"]:
+        sys.exit(130)
+
+
+def _entries(run_dir: Path):
+    from . import hiscores
+    entries = hiscores.read(run_dir / "hiscores.json")
+    if not entries:
+        raise ProtomodelsError(f"{run_dir / 'hiscores.json'}: no hiscores yet")
+    return entries
+
+
+@cli.command(name="hiscores")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@_handle_errors
+def hiscores_command(run_dir: Path, as_json: bool) -> None:
+    """The best distinct models of a run: rank, K, TL, particles and masses, combination."""
+    from .model import ProtoModel
+    entries = _entries(run_dir)
+    if as_json:
+        click.echo(json.dumps(entries, indent=2, sort_keys=True))
+        return
+    click.echo(f"{'rank':>4} {'K':>7} {'TL':>7}  {'walker/step':<12} particles (GeV); combination")
+    for e in entries:
+        model = ProtoModel.from_dict(e["model"])
+        combo = ", ".join(f"{c['analysis_id']}:{c['dataset']}" for c in e.get("combination", []))
+        click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  "
+                   f"{e['walker']}/{e['step']:<10} {model.describe()}; {combo or '-'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--slha", "slha_out", type=click.Path(dir_okay=False), default=None,
+              help="Also write the best-fit model as SLHA here.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@database_option
+@_handle_errors
+def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> None:
+    """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
+    combination and top r values of its best fit (multipliers scaled by mu_hat)."""
+    from . import database, significance as sig
+    from .model import NAMES, ProtoModel
+    from .predictor import effective_xsecs
+    from .runs import best_fit
+    from .slha import write_slha
+
+    entries = {e["rank"]: e for e in _entries(run_dir)}
+    if rank not in entries:
+        raise ProtomodelsError(f"{run_dir}: no hiscore of rank {rank} (have 1-{len(entries)})")
+    entry = entries[rank]
+    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
+    xsecs = effective_xsecs(model)
+    if slha_out:
+        write_slha(model, xsecs, Path(slha_out))
+    db = database.load(database_path)
+    result = sig.evaluate(model, db)
+    report = significance_report(result, db, run_dir / f"hiscores/rank-{rank}.slha")
+    report["model"] = model.to_dict()
+    report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    lines = [f"rank {rank} of {run_dir} (walker {entry['walker']}, step {entry['step']})",
+             "masses: " + model.describe()]
+    for pid, brs in sorted(model.decays.items()):
+        lines.append(f"  {NAMES[pid]} -> " + ", ".join(f"{c} {b:.3f}" for c, b in sorted(brs.items())))
+    lines.append("cross sections (fb), multipliers applied:")
+    for (s, (a, b)), v in sorted(xsecs.items()):
+        lines.append(f"  {s:>2} TeV  {NAMES[abs(a)]} {NAMES[abs(b)]}: {1000.0 * v:.4g} "
+                     f"(multiplier {model.multiplier((a, b)):.3g})")
+    click.echo("\n".join(lines) + "\n\n" + format_significance(report), nl=False)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@database_option
+@_handle_errors
+def plot(run_dir: Path, out_dir: Path, database_path) -> None:
+    """PNGs: K trace per walker, mass spectra of the best models, and the best model's
+    likelihoods vs mu for each member of its combination."""
+    from . import database, plots, significance as sig
+    from .model import ProtoModel
+    from .runs import best_fit
+
+    entry = _entries(run_dir)[0]
+    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
+    result = sig.evaluate(model, database.load(database_path))
+    members = []
+    for m in result.combination:
+        p = m.prediction
+        curve = p.curve(result.mu_max if result.mu_max != float("inf") else 10.0)
+        members.append((f"{p.analysis_id} {p.dataset_id}", curve))
+    for path in plots.plot_run(run_dir, out_dir, likelihood_members=members or None,
+                               mu_hat=result.mu_hat, mu_max=result.mu_max):
+        click.echo(str(path))
+
+
 def main() -> None:  # console-script entry point
     cli(obj={})
 

@@ -170,7 +170,7 @@ def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
     high = max(all_masses) + 0.08 * span
     gap = 0.035 * (high - low)
 
-    fig = _figure(max(6.0, 1.6 * len(entries) + 2.5), 6.0)
+    fig = _figure(max(7.0, 1.6 * len(entries) + 3.5), 6.0)
     ax = fig.add_subplot()
     for x, (entry, spectrum) in enumerate(zip(entries, spectra), start=1):
         names = [name for name, _ in spectrum]
@@ -192,13 +192,14 @@ def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
     ax.set_xlabel("hiscore rank")
     ax.set_ylabel("mass [GeV]")
     ax.grid(True, axis="y", alpha=0.3)
-    ks = ", ".join(f"#{e.get('rank', i)}: {e['K']:.2f}" for i, e in enumerate(entries, start=1))
-    ax.set_title(f"Best proto-models — K  {ks}", fontsize=10)
+    ks = ", ".join(f"#{e.get('rank', i)} K={e['K']:.2f}" for i, e in enumerate(entries, start=1))
+    ax.set_title(f"Best proto-models: {ks}", fontsize=10)
     handles = [ax.plot([], [], color=colour, linewidth=2.5, label=family)[0]
                for family, _, colour in FAMILIES
                if any(_family_colour(n) == colour for s in spectra for n, _ in s)]
-    if handles:
-        ax.legend(handles=handles, loc="upper left", fontsize="small")
+    if handles:  # outside the axes: a heavy particle of rank 1 would hide behind it
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  fontsize="small", frameon=False)
     fig.tight_layout()
     _save(fig, path)
     return fig
@@ -227,6 +228,15 @@ def _delta(values: np.ndarray) -> np.ndarray:
     return 2.0 * (values - np.nanmin(np.where(np.isfinite(values), values, np.nan)))
 
 
+def _y_top(grid: np.ndarray, curves: List[np.ndarray], mu_max: Optional[float]) -> float:
+    """Show every curve fully up to mu_max (where the physics is), not the steep walls beyond."""
+    inside = grid <= mu_max if _finite(mu_max) else np.ones_like(grid, dtype=bool)
+    values = np.concatenate([c[inside] for c in curves])
+    values = values[np.isfinite(values)]
+    top = float(values.max()) if values.size else 1.0
+    return max(1.0, min(top, 50.0)) * 1.15
+
+
 def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[float],
                      mu_max: Optional[float], path: Path) -> "Figure":
     """-2 Delta ln L of each combined result and of their sum, against the signal strength.
@@ -240,21 +250,22 @@ def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[fl
     fig = _figure(8.0, 5.0)
     ax = fig.add_subplot()
     total = np.zeros_like(grid)
+    curves = []
     for label, nll in members:
         values = _evaluate(nll, grid, label)
         total = total + values
-        ax.plot(grid, _delta(values), linewidth=1.2, label=label)
-    summed = _delta(total)
-    ax.plot(grid, summed, color="black", linewidth=2.2, label="sum")
+        curves.append(_delta(values))
+        ax.plot(grid, curves[-1], linewidth=1.2, label=label)
+    curves.append(_delta(total))
+    ax.plot(grid, curves[-1], color="black", linewidth=2.2, label="sum")
     if _finite(mu_hat):
-        ax.axvline(mu_hat, color="tab:green", linestyle="--", linewidth=1.2,
+        ax.axvline(mu_hat, color="dimgray", linestyle="--", linewidth=1.2,
                    label=rf"$\hat\mu$ = {mu_hat:.3g}")
     if _finite(mu_max):
-        ax.axvline(mu_max, color="tab:red", linestyle=":", linewidth=1.5,
-                   label=rf"$\mu_{{max}}$ = {mu_max:.3g}")
-    curves_top = float(np.nanmax(summed[np.isfinite(summed)])) if np.isfinite(summed).any() else 1.0
+        ax.axvline(mu_max, color="dimgray", linestyle=":", linewidth=1.6,
+                   label=rf"$\mu_\mathrm{{max}}$ = {mu_max:.3g}")
     ax.set_xlim(grid[0], grid[-1])
-    ax.set_ylim(0.0, max(1.0, min(curves_top, 50.0)) * 1.08)
+    ax.set_ylim(0.0, _y_top(grid, curves, mu_max))
     ax.set_xlabel(r"signal strength $\mu$")
     ax.set_ylabel(r"$-2\,\Delta\ln L$")
     ax.set_title("Likelihoods of the combined results")

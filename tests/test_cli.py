@@ -131,3 +131,32 @@ def test_concurrent_first_use_builds_once(subset_dir, tmp_path):
     builds = sum(err.count("building the SModelS binary database") for _, err in outputs)
     assert builds == 1
     assert len(list((tmp_path / "cache").glob("*/smodels-*.pcl"))) == 1
+
+
+def test_walk_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "run.toml"
+    bad.write_text('walkers = 2\nstep = 10\n')
+    result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "unknown key 'step'" in result.stderr
+    bad.write_text('walkers = "two"\n')
+    result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "key 'walkers' has the wrong type" in result.stderr
+
+
+def test_hiscores_and_show_of_a_run(tmp_path, subset_dir, subset_db):
+    from protomodels.runs import WalkConfig, walk
+
+    from .test_runs import fake_factory
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), walkers=2, steps=15, seed=3), score_factory=fake_factory)
+    result = run("hiscores", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1].split()[0] == "1"
+    slha = tmp_path / "best.slha"
+    result = run("show", str(out), "--rank", "1", "--slha", str(slha), "--database", str(subset_dir))
+    assert result.exit_code == 0, result.output
+    assert "masses:" in result.stdout and "K      =" in result.stdout
+    from protomodels.slha import read_slha
+    assert read_slha(slha).masses
+    result = run("show", str(out), "--rank", "99", "--database", str(subset_dir))
+    assert result.exit_code == 1 and "no hiscore of rank 99" in result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -137,7 +138,6 @@ def test_likelihoods_unbounded_mu_max(tmp_path: Path) -> None:
 
 
 def test_likelihoods_accept_scalar_nll(tmp_path: Path) -> None:
-    import math
     members = [("scalar", lambda mu: 0.5 * (float(mu) - 1.0) ** 2 if np.ndim(mu) == 0
                 else math.nan)]
     fig = plots.plot_likelihoods(members, None, None, tmp_path / "l.png")
