@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -65,6 +66,11 @@ class WalkerStore:
         self.folder = Path(folder)
         self.history = self.folder / "history.jsonl"
         self.checkpoint = self.folder / "checkpoint.json"
+        self.timings = self.folder / "timings.txt"  # wall seconds per step; not reproducible
+
+    def log_time(self, step: int, seconds: float) -> None:
+        with open(self.timings, "a") as handle:
+            handle.write(f"{step} {seconds:.4f}\n")
 
     def save_checkpoint(self, step: int, model: ProtoModel, record: Dict[str, Any],
                         rng: np.random.Generator) -> None:
@@ -141,6 +147,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     moves = default_moves(space)
     last = (first - 1, model)
     rng_after_last = rng.bit_generator.state
+    clock = time.perf_counter()
     try:
         for step in sample(model, float(record["K"]), scored, moves, rng, steps,
                            temperature=temperature, first_step=first):
@@ -154,6 +161,9 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
                           **record, "model": step.model.to_dict()})
             last = (step.step, step.model)
             rng_after_last = rng.bit_generator.state
+            now = time.perf_counter()
+            store.log_time(step.step, now - clock)
+            clock = now
             if step.step % checkpoint_every == 0 or step.step == first + steps - 1:
                 checkpoint(step.step, step.model)
     except KeyboardInterrupt:
@@ -291,7 +301,6 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[s
     (forked after the load, so they share it).  Returns a summary with crashed walkers."""
     import multiprocessing
     import sys
-    import time
 
     out = Path(config.out)
     run_json = out / "run.json"
