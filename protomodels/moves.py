@@ -78,12 +78,17 @@ def _log_ssm_reference(value: Optional[float], space: Space) -> float:
     return math.log(1.0 - P_ONE - P_ZERO) - math.log(math.log(hi / lo))  # density in log(value)
 
 
+def _log_mass_reference(pid: int, space: Space) -> float:
+    lo, hi = space.mass_range(pid)
+    return -math.log(hi - lo)
+
+
 def _log_particle_reference(model: ProtoModel, pid: int, space: Space) -> float:
     lo, hi = space.mass_range(pid)
     mass = model.masses[pid]
     if not lo <= mass <= hi:
         return -math.inf
-    log_mu = -math.log(hi - lo)
+    log_mu = _log_mass_reference(pid, space)
     if pid == LSP:
         return log_mu
     n_open = len(open_channels(pid, model.masses))
@@ -363,12 +368,101 @@ class RedrawMultiplier(Move):
         return self._ratio(model, new, q_old, q_new)
 
 
+#: Particles that may merge into one (the paper's simplification): no ordering pairs.
+SAME_KIND = ((1000001, 1000002, 1000003, 1000004), (1000011, 1000013, 1000015),
+             (1000012, 1000014, 1000016))
+MERGE_DISTANCE = 200.0  # GeV
+
+
+def _kind(pid: int) -> Tuple[int, ...]:
+    for group in SAME_KIND:
+        if pid in group:
+            return group
+    return ()
+
+
+def mergeable(model: ProtoModel) -> List[Tuple[int, int]]:
+    """Unordered pairs (lighter pid first) of same-kind particles within 200 GeV."""
+    pids = model.unfrozen
+    return [(a, b) for i, a in enumerate(pids) for b in pids[i + 1:]
+            if b in _kind(a) and abs(model.masses[a] - model.masses[b]) < MERGE_DISTANCE]
+
+
+def split_partners(model: ProtoModel, pid: int, space: Space) -> List[int]:
+    """Frozen same-kind candidates a split of ``pid`` may create (higher pid: the merge
+    keeps the lower one)."""
+    return [k for k in _kind(pid) if k > pid and k not in model.masses and k in space.candidates]
+
+
+def splittable(model: ProtoModel, space: Space) -> List[int]:
+    return [p for p in model.unfrozen if split_partners(model, p, space)]
+
+
+class Merge(Move):
+    """Two same-kind particles within 200 GeV become one at their mean mass; the lower
+    pid survives with its decays and multipliers, the other is frozen."""
+
+    name, reverse = "merge", "split"
+
+    def propose(self, model, rng):
+        pairs = mergeable(model)
+        if not pairs:
+            return None
+        keep, gone = pairs[rng.integers(len(pairs))]
+        new = _remove_particle(model, gone)
+        new.masses[keep] = 0.5 * (model.masses[keep] + model.masses[gone])
+        if log_reference(new, self.space) == -math.inf:
+            return Proposal(new, -math.inf)
+        lost = set(process_keys(model)) - set(process_keys(new))
+        drawn = _log_particle_reference(model, gone, self.space) - _log_mass_reference(gone, self.space)
+        drawn += sum(_log_ssm_reference(model.ssm.get(k), self.space) for k in lost)
+        log_forward = -math.log(len(pairs))
+        log_reverse = (-math.log(len(splittable(new, self.space)))
+                       - math.log(len(split_partners(new, keep, self.space)))
+                       - math.log(MERGE_DISTANCE) - math.log(2.0) + drawn)
+        return self._ratio(model, new, log_reverse, log_forward)
+
+
+class Split(Move):
+    """Reverse of Merge: m -> (m + d, m - d), d ~ U(-100, 100) GeV, the new particle's
+    decays and multipliers drawn from the reference."""
+
+    name, reverse = "split", "merge"
+
+    def propose(self, model, rng):
+        options = splittable(model, self.space)
+        if not options:
+            return None
+        keep = options[rng.integers(len(options))]
+        partners = split_partners(model, keep, self.space)
+        gone = partners[rng.integers(len(partners))]
+        half = float(rng.uniform(-0.5, 0.5) * MERGE_DISTANCE)
+        new = model.copy()
+        mean = model.masses[keep]
+        new.masses[keep], new.masses[gone] = mean + half, mean - half
+        new.decays[gone] = draw_decays(gone, new, rng)
+        fresh = set(process_keys(new)) - set(process_keys(model))
+        for key in sorted(fresh):
+            value = draw_ssm(rng, self.space)
+            if value is not None:
+                new.ssm[key] = value
+        if log_reference(new, self.space) == -math.inf:
+            return Proposal(new, -math.inf)
+        drawn = _log_particle_reference(new, gone, self.space) - _log_mass_reference(gone, self.space)
+        drawn += sum(_log_ssm_reference(new.ssm.get(k), self.space) for k in fresh)
+        log_forward = (-math.log(len(options)) - math.log(len(partners))
+                       - math.log(MERGE_DISTANCE) - math.log(2.0) + drawn)
+        log_reverse = -math.log(len(mergeable(new)))
+        return self._ratio(model, new, log_reverse, log_forward)
+
+
 def default_moves(space: Space) -> List[Tuple[Move, float]]:
     """The walker's move mix (weights are relative)."""
     return [
         (Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space), 3.0),
         (JitterBRs(space), 1.0), (OpenChannel(space), 0.5), (CloseChannel(space), 0.5),
         (ScaleMultiplier(space), 1.0), (RedrawMultiplier(space), 0.5),
+        (Merge(space), 0.25), (Split(space), 0.25),
     ]
 
 

@@ -111,3 +111,32 @@ def test_reference_measure_of_decays_is_sampled_exactly():
     assert stats.kstest(shares[::5], "uniform").pvalue > 0.001
     fraction = present / ((steps - 2000) / 5)
     assert abs(fraction - 0.5) < 0.05, fraction
+
+
+def test_merge_and_split_keep_the_set_frequencies():
+    """Two light-quark partners in overlapping ranges merge and split often; with K from
+    the particle set only, the set frequencies must still be exp(K/2) normalised."""
+    from protomodels.moves import Freeze, JitterBRs, ChangeMass, Merge, Split, Unfreeze
+    space = Space(candidates=(LSP, 1000001, 1000002),
+                  mass_ranges={LSP: (50.0, 90.0), 1000001: (400.0, 700.0),
+                               1000002: (400.0, 700.0)})
+    k_of = {(): 0.0, (1000001,): 2.0, (1000002,): 1.0, (1000001, 1000002): 3.0}
+
+    def K(model):
+        return k_of[tuple(sorted(p for p in model.masses if p != LSP))]
+
+    moves = [(Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space, 100.0), 1.0),
+             (JitterBRs(space), 0.5), (Merge(space), 1.5), (Split(space), 0.8)]
+    rng = np.random.default_rng(99)
+    model = ProtoModel(masses={LSP: 70.0})
+    counts, merges = Counter(), 0
+    for step in sample(model, 0.0, K, moves, rng, steps=120000):
+        merges += step.accepted and step.move in ("merge", "split")
+        if step.step > 2000 and step.step % 20 == 0:
+            counts[tuple(sorted(p for p in step.model.masses if p != LSP))] += 1
+    sets = list(k_of)
+    observed = np.array([counts[s] for s in sets], dtype=float)
+    weights = np.exp(np.array([k_of[s] for s in sets]) / 2)
+    expected = weights / weights.sum() * observed.sum()
+    assert merges > 1000
+    assert stats.chisquare(observed, expected).pvalue > 0.001, (observed, expected)
