@@ -108,6 +108,14 @@ def test_a_crashed_walker_does_not_stop_the_others(tmp_path):
     assert summary["progress"][0]["steps"] == 40
 
 
+def wait_for(predicate, timeout=60.0):
+    import time
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "the walker made no progress"
+        time.sleep(0.02)
+
+
 def slow_score(model):
     import time
     time.sleep(0.005)
@@ -127,7 +135,9 @@ def test_sigkill_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
     proc = context.Process(target=run_walker, args=(tmp_path / "w", seed, slow_score, 150, SPACE),
                            kwargs={"checkpoint_every": 10, "hiscores": tmp_path / "hiscores.json"})
     proc.start()
-    time.sleep(0.4)
+    checkpoint = tmp_path / "w" / "checkpoint.json"
+    wait_for(lambda: checkpoint.exists() and WalkerStore(tmp_path / "w").load_checkpoint()["step"] >= 10)
+    time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()
     done = WalkerStore(tmp_path / "w").load_checkpoint()["step"]
@@ -135,3 +145,33 @@ def test_sigkill_loses_at_most_the_steps_since_the_checkpoint(tmp_path):
     hiscores.read(tmp_path / "hiscores.json")  # whole and valid, whenever the kill came
     run_walker(tmp_path / "w", seed, fake_score, 150 - done, SPACE, checkpoint_every=10, resume=True)
     assert (tmp_path / "w/history.jsonl").read_bytes() == (tmp_path / "ref/history.jsonl").read_bytes()
+
+
+def test_ctrl_c_checkpoints_the_last_step_and_resume_is_exact(tmp_path):
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    seed = walker_seeds(6, 1)[0]
+    run_walker(tmp_path / "ref", seed, fake_score, 150, SPACE, checkpoint_every=50)
+
+    def target():
+        try:
+            run_walker(tmp_path / "w", seed, slow_score, 150, SPACE, checkpoint_every=50)
+        except KeyboardInterrupt:
+            os._exit(130)
+
+    proc = multiprocessing.get_context("fork").Process(target=target)
+    proc.start()
+    history = tmp_path / "w" / "history.jsonl"
+    wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 5)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.join()
+    assert proc.exitcode == 130
+    store = WalkerStore(tmp_path / "w")
+    done = store.load_checkpoint()["step"]
+    assert 0 < done < 150
+    assert len(read_history(tmp_path / "w")) == done  # the checkpoint is at the last step
+    run_walker(tmp_path / "w", seed, fake_score, 150 - done, SPACE, checkpoint_every=50, resume=True)
+    assert store.history.read_bytes() == (tmp_path / "ref/history.jsonl").read_bytes()
