@@ -270,8 +270,14 @@ def _versions(db) -> Dict[str, Any]:
             "database_path": db.path if db else None}
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _walker_process(index: int, folder: Path, seed, score: Score, steps: int, space: Space,
                     config: WalkConfig, resume: bool, hiscores_path: Path) -> None:
+    import signal
+    signal.signal(signal.SIGTERM, _interrupt)  # batch schedulers stop jobs with SIGTERM
     try:
         run_walker(folder, seed, score, steps, space, config.temperature,
                    config.checkpoint_every, resume=resume, hiscores=hiscores_path, walker=index)
@@ -332,6 +338,11 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[s
                                      "versions": _versions(db),
                                      "seeds": {"entropy": config.seed, "spawn": "SeedSequence(seed).spawn(walkers)"},
                                      "segments": [{"steps": config.steps, "started": time.time()}]})
+    import signal
+    # Ctrl-C and SIGTERM checkpoint and stop, also when started in the background
+    # (where shells set SIGINT to be ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     seeds = walker_seeds(config.seed, config.walkers)
     space = Space()
     hiscores_path = out / "hiscores.json"
@@ -359,6 +370,9 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[s
                     logger.warning("progress: %s", line)
     except KeyboardInterrupt:
         logger.warning("interrupted: waiting for the walkers to checkpoint")
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGINT)
         for process in processes:
             process.join()
     finally:

@@ -175,3 +175,35 @@ def test_ctrl_c_checkpoints_the_last_step_and_resume_is_exact(tmp_path):
     assert len(read_history(tmp_path / "w")) == done  # the checkpoint is at the last step
     run_walker(tmp_path / "w", seed, fake_score, 150 - done, SPACE, checkpoint_every=50, resume=True)
     assert store.history.read_bytes() == (tmp_path / "ref/history.jsonl").read_bytes()
+
+
+def test_sigterm_to_a_run_checkpoints_every_walker(tmp_path):
+    """A run stopped with SIGTERM (as batch systems do) checkpoints its walkers and
+    --resume continues it; walkers report themselves interrupted, not crashed."""
+    import multiprocessing
+    import os
+    import signal
+
+    from protomodels.runs import WalkConfig, walk
+
+    out = tmp_path / "run"
+    summary_file = tmp_path / "summary.json"
+
+    def target():
+        import json
+        summary = walk(WalkConfig(out=str(out), walkers=2, steps=400, seed=2,
+                                  checkpoint_every=50), score_factory=lambda: slow_score)
+        summary_file.write_text(json.dumps(summary))
+
+    proc = multiprocessing.get_context("fork").Process(target=target)
+    proc.start()
+    history = out / "walker-1" / "history.jsonl"
+    wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 5)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    import json
+    summary = json.loads(summary_file.read_text())
+    assert summary["crashed"] == [] and summary["interrupted"] == [0, 1]
+    for i in (0, 1):
+        done = WalkerStore(out / f"walker-{i}").load_checkpoint()["step"]
+        assert len(read_history(out / f"walker-{i}")) == done
