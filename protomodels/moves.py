@@ -149,6 +149,26 @@ def freezable(model: ProtoModel) -> List[int]:
             if p != LSP and not (p in light_of and light_of[p] in model.masses)]
 
 
+def _log_drawn(model: ProtoModel, pid: int, keys, space: Space, mass: bool = True) -> float:
+    """log mu of what an unfreeze (or split, without the mass) draws for particle ``pid``:
+    its mass, decays, and the multipliers of its new processes ``keys``."""
+    value = _log_particle_reference(model, pid, space)
+    if not mass:
+        value -= _log_mass_reference(pid, space)
+    return value + sum(_log_ssm_reference(model.ssm.get(k), space) for k in keys)
+
+
+def _draw_new_multipliers(old: ProtoModel, new: ProtoModel, rng: np.random.Generator,
+                          space: Space) -> set:
+    """Draw, from the reference, the multipliers of processes ``new`` has and ``old`` lacks."""
+    fresh = set(process_keys(new)) - set(process_keys(old))
+    for key in sorted(fresh):
+        value = draw_ssm(rng, space)
+        if value is not None:
+            new.ssm[key] = value
+    return fresh
+
+
 def _remove_particle(model: ProtoModel, pid: int) -> ProtoModel:
     new = model.copy()
     del new.masses[pid]
@@ -194,17 +214,12 @@ class Unfreeze(Move):
         new.masses[pid] = float(rng.uniform(lo, hi))
         if pid != LSP:
             new.decays[pid] = draw_decays(pid, new, rng)
-        fresh = set(process_keys(new)) - set(process_keys(model))
-        for key in sorted(fresh):
-            value = draw_ssm(rng, self.space)
-            if value is not None:
-                new.ssm[key] = value
+        fresh = _draw_new_multipliers(model, new, rng, self.space)
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
         # q(x'|x) = 1/|options| x mu(new particle's parameters); mu(x') / mu(x) leaves
         # exactly that factor plus the change of the other particles' BR normalisations.
-        drawn = _log_particle_reference(new, pid, self.space) + sum(
-            _log_ssm_reference(new.ssm.get(k), self.space) for k in fresh)
+        drawn = _log_drawn(new, pid, fresh, self.space)
         log_forward = -math.log(len(options)) + drawn
         log_reverse = -math.log(len(freezable(new)))
         return self._ratio(model, new, log_reverse, log_forward)
@@ -224,8 +239,7 @@ class Freeze(Move):
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
         gone = set(process_keys(model)) - set(process_keys(new))
-        drawn = _log_particle_reference(model, pid, self.space) + sum(
-            _log_ssm_reference(model.ssm.get(k), self.space) for k in gone)
+        drawn = _log_drawn(model, pid, gone, self.space)
         log_forward = -math.log(len(options))
         log_reverse = -math.log(len(unfreezable(new, self.space))) + drawn
         return self._ratio(model, new, log_reverse, log_forward)
@@ -414,8 +428,7 @@ class Merge(Move):
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
         lost = set(process_keys(model)) - set(process_keys(new))
-        drawn = _log_particle_reference(model, gone, self.space) - _log_mass_reference(gone, self.space)
-        drawn += sum(_log_ssm_reference(model.ssm.get(k), self.space) for k in lost)
+        drawn = _log_drawn(model, gone, lost, self.space, mass=False)
         log_forward = -math.log(len(pairs))
         log_reverse = (-math.log(len(splittable(new, self.space)))
                        - math.log(len(split_partners(new, keep, self.space)))
@@ -441,15 +454,10 @@ class Split(Move):
         mean = model.masses[keep]
         new.masses[keep], new.masses[gone] = mean + half, mean - half
         new.decays[gone] = draw_decays(gone, new, rng)
-        fresh = set(process_keys(new)) - set(process_keys(model))
-        for key in sorted(fresh):
-            value = draw_ssm(rng, self.space)
-            if value is not None:
-                new.ssm[key] = value
+        fresh = _draw_new_multipliers(model, new, rng, self.space)
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
-        drawn = _log_particle_reference(new, gone, self.space) - _log_mass_reference(gone, self.space)
-        drawn += sum(_log_ssm_reference(new.ssm.get(k), self.space) for k in fresh)
+        drawn = _log_drawn(new, gone, fresh, self.space, mass=False)
         log_forward = (-math.log(len(options)) - math.log(len(partners))
                        - math.log(MERGE_DISTANCE) - math.log(2.0) + drawn)
         log_reverse = -math.log(len(mergeable(new)))

@@ -72,9 +72,13 @@ class WalkerStore:
         with open(self.timings, "a") as handle:
             handle.write(f"{step} {seconds:.4f}\n")
 
+    def size(self) -> int:
+        return self.history.stat().st_size if self.history.exists() else 0
+
     def save_checkpoint(self, step: int, model: ProtoModel, record: Dict[str, Any],
-                        rng: np.random.Generator) -> None:
-        size = self.history.stat().st_size if self.history.exists() else 0
+                        rng: np.random.Generator, size: Optional[int] = None) -> None:
+        """``size``: the history length that belongs to ``step`` (default: the file's)."""
+        size = self.size() if size is None else size
         write_json_atomic(self.checkpoint, {
             "schema": CHECKPOINT_SCHEMA, "step": step, "model": model.to_dict(),
             "record": record, "rng": rng.bit_generator.state, "history_bytes": size})
@@ -138,14 +142,15 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         records[id(candidate)] = result
         return float(result["K"])
 
-    def checkpoint(step_number: int, state_model: ProtoModel) -> None:
-        store.save_checkpoint(step_number, state_model, record, rng)
+    def checkpoint(step_number: int, state_model: ProtoModel, size: int,
+                   state_record: Dict[str, Any]) -> None:
+        store.save_checkpoint(step_number, state_model, state_record, rng, size)
         if hiscores is not None and candidates:
             update_hiscores(hiscores, candidates)
             candidates.clear()
 
     moves = default_moves(space)
-    last = (first - 1, model)
+    last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
     clock = time.perf_counter()
     try:
@@ -159,16 +164,19 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
             records.clear()
             store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
                           **record, "model": step.model.to_dict()})
-            last = (step.step, step.model)
+            last = (step.step, step.model, store.size(), record)
             rng_after_last = rng.bit_generator.state
             now = time.perf_counter()
             store.log_time(step.step, now - clock)
             clock = now
             if step.step % checkpoint_every == 0 or step.step == first + steps - 1:
-                checkpoint(step.step, step.model)
+                checkpoint(*last)
     except KeyboardInterrupt:
         logger.warning("walker %d interrupted at step %d: checkpointing", walker, last[0])
-        rng.bit_generator.state = rng_after_last  # so that a resume continues exactly
+        # Back to the last complete step: its generator state, its history length (a line
+        # of an unfinished step may have reached the disk), so that a resume is exact.
+        rng.bit_generator.state = rng_after_last
+        store.truncate_history(last[2])
         checkpoint(*last)
         raise
 
