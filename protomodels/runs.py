@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .moves import Space, Unfreeze, default_moves
@@ -67,6 +67,13 @@ class WalkerStore:
         self.history = self.folder / "history.jsonl"
         self.checkpoint = self.folder / "checkpoint.json"
         self.timings = self.folder / "timings.txt"  # wall seconds per step; not reproducible
+
+    def truncate_timings(self, step: int) -> None:
+        """Keep the wall times of the steps up to ``step`` (the later ones are redone)."""
+        if self.timings.exists():
+            kept = [line for line in self.timings.read_text().splitlines(keepends=True)
+                    if line.strip() and int(line.split()[0]) <= step]
+            write_text_atomic(self.timings, "".join(kept))
 
     def log_time(self, step: int, seconds: float) -> None:
         with open(self.timings, "a") as handle:
@@ -124,6 +131,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     if resume:
         state = store.load_checkpoint()
         store.truncate_history(state["history_bytes"])
+        store.truncate_timings(state["step"])
         rng = np.random.Generator(np.random.PCG64())
         rng.bit_generator.state = state["rng"]
         model = ProtoModel.from_dict(state["model"], source=str(store.checkpoint))

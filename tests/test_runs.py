@@ -52,6 +52,8 @@ def test_resume_after_a_crash_redoes_only_the_lost_steps(tmp_path):
         handle.write("".join(full[20:27]))
     run_walker(tmp_path / "crash", seed, fake_score, 10, SPACE, checkpoint_every=10, resume=True)
     assert store.history.read_text() == "".join(full)
+    steps = [int(line.split()[0]) for line in store.timings.read_text().splitlines()]
+    assert steps == list(range(1, 31))  # one wall time per step, none twice
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
