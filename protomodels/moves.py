@@ -272,7 +272,7 @@ class JitterBRs(Move):
         self.width = width
 
     def propose(self, model, rng):
-        pids = [p for p in model.unfrozen if len(model.decays.get(p, {})) >= 2]
+        pids = _multi_channel(model)
         if not pids:
             return None
         pid = pids[rng.integers(len(pids))]
@@ -285,6 +285,11 @@ class JitterBRs(Move):
         if min(new.decays[pid][names[a]], new.decays[pid][names[b]]) <= 0:
             return Proposal(new, -math.inf)
         return self._ratio(model, new, 0.0, 0.0)
+
+
+def _multi_channel(model: ProtoModel) -> List[int]:
+    """Particles with at least two channels in their support (jitter and close apply)."""
+    return [p for p in model.unfrozen if len(model.decays.get(p, {})) >= 2]
 
 
 def _can_open(model: ProtoModel) -> Dict[int, List[str]]:
@@ -309,7 +314,7 @@ class OpenChannel(Move):
         new = model.copy()
         new.decays[pid] = {c: br * (1.0 - share) for c, br in model.decays[pid].items()}
         new.decays[pid][channel] = share
-        closable = [p for p in new.unfrozen if len(new.decays.get(p, {})) >= 2]
+        closable = _multi_channel(new)
         log_forward = -math.log(len(pids)) - math.log(len(candidates[pid]))
         log_reverse = -math.log(len(closable)) - math.log(k + 1)
         proposal = self._ratio(model, new, log_reverse, log_forward)
@@ -323,7 +328,7 @@ class CloseChannel(Move):
     name, reverse = "close", "open"
 
     def propose(self, model, rng):
-        pids = [p for p in model.unfrozen if len(model.decays.get(p, {})) >= 2]
+        pids = _multi_channel(model)
         if not pids:
             return None
         pid = pids[rng.integers(len(pids))]

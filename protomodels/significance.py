@@ -156,10 +156,11 @@ def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_lim
             nll0, nllmu = p.nll(0.0), p.nll(best.mu_hat)
         members.append(Member(p, nll0, nllmu))
     tl = sum(m.tl for m in members)
-    log_prior = log_prior_term(model)
+    terms = prior_terms(model)
+    log_prior = two_ln_prior(terms)
     K = tl + log_prior
     timings["total"] = sum(v for k, v in timings.items() if k != "total")
-    return Significance(K=K, TL=tl, log_prior=log_prior, prior_terms=prior_terms(model),
+    return Significance(K=K, TL=tl, log_prior=log_prior, prior_terms=terms,
                         mu_hat=best.mu_hat, mu_max=mu_max, r_limit=r_limit, r_max=r_max,
                         combination=members, predictions=predictions,
                         informative=len(informative), timings=timings)
