@@ -140,24 +140,35 @@ class _Weights:
     def at(self, index: int, mu: float) -> float:
         return 2.0 * (self.nll0[index] - float(self.curves[index](mu)))
 
+    def on(self, index: int, grid: np.ndarray) -> np.ndarray:
+        return 2.0 * (self.nll0[index] - np.asarray(self.curves[index](grid), dtype=float))
+
     def total(self, members: Sequence[int], mu: float) -> float:
         return sum(self.at(i, mu) for i in members)
 
 
-def _maximise(func, lo: float, hi: float, scan: int = 16) -> Tuple[float, float]:
-    """(max, argmax) of a 1-D function on [lo, hi]: a scan, then bounded Brent around
-    the best scan point (exact for the concave sums met here, robust otherwise)."""
-    grid = np.linspace(lo, hi, scan + 1)
-    values = [func(m) for m in grid]
+SCAN = 16  # intervals of the scan of each segment
+
+
+def _refine(func, grid: np.ndarray, values: np.ndarray) -> Tuple[float, float]:
+    """(max, argmax) of ``func`` given its scan: bounded Brent around the best point."""
     k = int(np.argmax(values))
-    best = (values[k], float(grid[k]))
-    a, b = grid[max(k - 1, 0)], grid[min(k + 1, scan)]
+    best = (float(values[k]), float(grid[k]))
+    a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
     if b > a:
         res = optimize.minimize_scalar(lambda m: -func(m), bounds=(a, b), method="bounded",
-                                       options={"xatol": 1e-9 * max(hi, 1e-12)})
+                                       options={"xatol": 1e-9 * max(grid[-1], 1e-12)})
         if -res.fun > best[0]:
             best = (float(-res.fun), float(res.x))
     return best
+
+
+def _scan_bound(values: np.ndarray) -> float:
+    """An upper bound of a concave function from its scan on a uniform grid.
+
+    On each interval a concave function lies below the extension of a neighbouring
+    secant, so it never exceeds the largest sample by more than the largest step."""
+    return float(values.max() + np.abs(np.diff(values)).max())
 
 
 def best_combination(curves: Sequence[NllCurve], graph: nx.Graph, mu_max: float) -> Combination:
@@ -187,18 +198,29 @@ def best_combination(curves: Sequence[NllCurve], graph: nx.Graph, mu_max: float)
         return EMPTY
     best = (0.0, 0.0, ())
     lo = 0.0
-    cliques_seen = 0
+    cliques_seen = refined = 0
     for hi in sorted(set(ends.values())):
         positive = [i for i, end in ends.items() if end >= hi]
+        grid = np.linspace(lo, hi, SCAN + 1)
+        rows = {i: weights.on(i, grid) for i in positive}
+        scans = []
         for clique in nx.find_cliques(graph.subgraph(positive)):
-            cliques_seen += 1
-            tl, mu = _maximise(lambda m: weights.total(clique, m), lo, hi)
+            values = np.sum([rows[i] for i in clique], axis=0)
+            scans.append((_scan_bound(values), len(scans), clique, values))
+        cliques_seen += len(scans)
+        # Refine the most promising first; a clique whose bound cannot beat the best
+        # found so far is skipped (the sums are concave here, see _scan_bound).
+        for bound, _, clique, values in sorted(scans, key=lambda s: (-s[0], s[1])):
+            if bound <= best[0]:
+                break
+            refined += 1
+            tl, mu = _refine(lambda m: weights.total(clique, m), grid, values)
             if tl > best[0]:
                 best = (tl, mu, tuple(sorted(clique)))
         lo = hi
     tl, mu, members = best
-    logger.debug("combiner: %d useful nodes, %d segment cliques, TL=%.6g at mu=%.6g",
-                 len(ends), cliques_seen, tl, mu)
+    logger.debug("combiner: %d useful nodes, %d segment cliques (%d refined), TL=%.6g at "
+                 "mu=%.6g", len(ends), cliques_seen, refined, tl, mu)
     if not members:
         return EMPTY
     # Members whose weight vanished at the optimum (a segment edge) add nothing: drop them.

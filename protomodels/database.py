@@ -219,6 +219,7 @@ class ExperimentalDatabase:
     sha256: str
     load_seconds: float
     manifest: Dict[str, Any] = field(default_factory=dict)
+    statistics: Any = field(default_factory=lambda: _statistics_cache(), repr=False)
 
     @property
     def version(self) -> str:
@@ -227,6 +228,13 @@ class ExperimentalDatabase:
     @property
     def results(self) -> List[Any]:
         return list(self.smodels.expResultList)
+
+
+def _statistics_cache():
+    """The per-process memo of the results' statistics (see ``predictor.StatisticsCache``)."""
+    from .predictor import StatisticsCache  # predictor imports this module
+
+    return StatisticsCache()
 
 
 def binary_path(source: str) -> tuple[Path, Path, str]:

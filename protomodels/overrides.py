@@ -1,6 +1,12 @@
 """Project corrections applied to the loaded database (documented in database/README.md).
 
-Only metadata fixes: nothing here changes a number of the database.
+Only metadata and caching: nothing here changes a number of the database.
+
+Interpolation cache.  SModelS memoises its efficiency and upper-limit map lookups
+(``TxNameData.getValueFor``: a Delaunay interpolation, up to several ms each, with the
+point rounded to 2 digits) in one LRU of 128 entries shared by all ~4000 maps, so a
+walker step that changes one particle still misses on almost every lookup.  We re-wrap
+the same function with the same rounding and a larger LRU.
 
 pyhf region names.  Database 3.0.0 lists the signal regions of several pyhf results in
 the old format (plain names, matched to the workspace's channels by order in older
@@ -20,6 +26,7 @@ from typing import Any, Dict, List
 logger = logging.getLogger(__name__)
 
 _APPLIED = "_protomodels_overrides"
+INTERPOLATION_CACHE = 200_000  # entries (about 200 bytes each)
 
 
 def _channel_names(workspace: Dict[str, Any]) -> set:
@@ -48,9 +55,26 @@ def fix_pyhf_region_names(expresult: Any) -> List[str]:
     return fixed
 
 
+def enlarge_interpolation_cache(maxsize: int = INTERPOLATION_CACHE) -> bool:
+    """Give ``TxNameData.getValueFor`` a larger LRU (idempotent; True if it changed)."""
+    from smodels.experiment.txnameDataObj import TxNameData
+    from smodels.tools.caching import roundCache
+
+    current = TxNameData.getValueFor
+    if current.__wrapped__.cache_info().maxsize >= maxsize:
+        return False
+    original = current.__wrapped__.__wrapped__
+    TxNameData.getValueFor = roundCache(argname="point", argpos=1, digits=2,
+                                        maxsize=maxsize)(original)
+    return True
+
+
 def apply_overrides(db: Any) -> None:
     """Apply every correction to the SModelS database object ``db`` (idempotent)."""
     done: List[str] = list(getattr(db, _APPLIED, []))
+    enlarge_interpolation_cache()
+    if not any(item.startswith("interpolation cache") for item in done):
+        done.append(f"interpolation cache of {INTERPOLATION_CACHE} entries")
     for expresult in db.expResultList:
         for item in fix_pyhf_region_names(expresult):
             logger.debug("pyhf channels matched by order for %s", item)

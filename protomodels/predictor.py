@@ -7,8 +7,16 @@ whose combination fails falls back to its best signal region and is reported, in
 aborting the predictions of all results as ``theoryPredictionsFor`` does.
 
 Each ``Prediction`` keeps r_obs, r_exp and, on demand, its likelihood curve nll(mu):
-SModelS' own likelihood for EM and combined results (sampled on [0, mu_max]); the
-paper's truncated Gaussian for UL results with an expected limit; none otherwise.
+SModelS' own likelihood for EM and combined results (sampled on a grid [0, M] with M
+the first rung of a fixed ladder at or above mu_max); the paper's truncated Gaussian for
+UL results with an expected limit; none otherwise.
+
+The statistics of an EM or combined result (its upper limits, fit and likelihood curve)
+depend on nothing but the result and its signal yields per region, and they are what
+costs: a pyhf upper limit takes up to a minute.  ``StatisticsCache`` memoises them by
+exactly that key, so a walker step that leaves a result's yields unchanged (a move of a
+particle it does not see) reuses them.  Every cached quantity is a pure function of its
+key, which is why a warm cache gives the same numbers as an empty one.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ import fnmatch
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Hashable, List, Optional, Sequence
 
 from .database import ExperimentalDatabase
 from .exceptions import PredictionError
@@ -32,7 +41,62 @@ logger = logging.getLogger(__name__)
 SIGMACUT_FB = 0.005
 MINMASSGAP_GEV = 5.0
 MAX_MASS_DIST = 0.2  # SModelS' default clustering distance
-NLL_SAMPLES = 12  # grid points per sampled likelihood (plus its minimum)
+NLL_SAMPLES = 14  # grid points per sampled likelihood (plus its minimum)
+LADDER_STEPS = 4  # rungs per factor 2 for the end of a likelihood's sampling grid
+CACHE_SIZE = 20000  # results' statistics kept per process (a few kB each)
+
+
+def grid_end(mu_max: float) -> float:
+    """The sampling range of a likelihood curve: the first rung 2^(k/4) >= mu_max.
+
+    A fixed ladder makes the curve a function of (yields, rung) alone, so cached curves
+    are exactly what a fresh evaluation would compute; [0, mu_max] still gets at least
+    (NLL_SAMPLES - 1) / 2^(1/4) ~ 11 grid intervals.
+    """
+    if not (mu_max > 0):
+        raise ValueError(f"mu_max must be positive, got {mu_max}")
+    return 2.0 ** (math.ceil(LADDER_STEPS * math.log2(mu_max) - 1e-9) / LADDER_STEPS)
+
+
+@dataclass
+class ResultStatistics:
+    """The costly statistics of one result for one signal, filled in as they are asked for."""
+
+    uls: Optional[tuple] = None  # (UL_obs, UL_exp) on sigma x eff in fb
+    fit: Optional[tuple] = None  # (mu_hat, nll_sm, nll_min) from SModelS
+    curves: Dict[float, "TabulatedNll"] = field(default_factory=dict)  # by grid end
+    nlls: Dict[float, float] = field(default_factory=dict)  # exact -ln L by mu
+
+
+class StatisticsCache:
+    """LRU of ``ResultStatistics`` keyed by (result, region, rounded signal yields)."""
+
+    def __init__(self, maxsize: int = CACHE_SIZE):
+        self.maxsize = maxsize
+        self._entries: "OrderedDict[Hashable, ResultStatistics]" = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Optional[Hashable]) -> ResultStatistics:
+        if key is None or self.maxsize <= 0:
+            return ResultStatistics()
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        entry = self._entries[key] = ResultStatistics()
+        if len(self._entries) > self.maxsize:
+            self._entries.popitem(last=False)
+        return entry
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -68,7 +132,8 @@ class Prediction:
     txnames: List[str]
     note: str = ""
     theory: Any = field(default=None, repr=False)  # the SModelS TheoryPrediction
-    _curve: Optional[NllCurve] = field(default=None, repr=False)
+    stats: ResultStatistics = field(default_factory=ResultStatistics, repr=False)
+    _curve: Optional[NllCurve] = field(default=None, repr=False)  # UL results' own curve
 
     @property
     def r_obs(self) -> Optional[float]:
@@ -88,29 +153,41 @@ class Prediction:
         """Can this prediction raise TL at all, i.e. is its best-fit mu positive?"""
         if self.data_type == "UL":
             return self.has_likelihood and self.curve(math.inf).mu_hat > 0
-        stats = self.theory.computeStatistics()
-        return (stats["muhat"] or 0.0) > 0 and stats["nllsm"] - stats["nll_min"] > 1e-9
+        mu_hat, nll_sm, nll_min = self._fit()
+        return mu_hat > 0 and nll_sm - nll_min > 1e-9
+
+    def _fit(self) -> tuple:
+        if self.stats.fit is None:
+            fit = self.theory.computeStatistics()
+            self.stats.fit = (fit["muhat"] or 0.0, fit["nllsm"], fit["nll_min"])
+        return self.stats.fit
 
     def curve(self, mu_max: float) -> NllCurve:
-        """The nll(mu) curve on [0, mu_max] (UL: analytic, else sampled once and cached)."""
-        if self._curve is not None and (self.data_type == "UL"
-                                        or self._curve.mus[-1] >= mu_max):
-            return self._curve
+        """The nll(mu) curve, valid on [0, mu_max] (UL: analytic; else sampled on
+        [0, grid_end(mu_max)] once per signal and rung)."""
         if self.data_type == "UL":
-            self._curve = TruncatedGaussian.from_limits(self.ul_obs_fb / self.xsec_fb,
-                                                        self.ul_exp_fb / self.xsec_fb)
-        else:
-            stats = self.theory.computeStatistics()
-            self._curve = TabulatedNll.sample(self.nll, mu_max, max(stats["muhat"] or 0.0, 0.0),
-                                              n=NLL_SAMPLES)
-        return self._curve
+            if self._curve is None:
+                self._curve = TruncatedGaussian.from_limits(self.ul_obs_fb / self.xsec_fb,
+                                                            self.ul_exp_fb / self.xsec_fb)
+            return self._curve
+        end = grid_end(mu_max)
+        curve = self.stats.curves.get(end)
+        if curve is None:
+            curve = TabulatedNll.sample(self.nll, end, max(self._fit()[0], 0.0), n=NLL_SAMPLES)
+            self.stats.curves[end] = curve
+        return curve
 
     def nll(self, mu: float) -> float:
         """SModelS' own -ln L(mu) (EM and combined results)."""
-        value = self.theory.likelihood(mu=float(mu), return_nll=True)
-        if value is None or not math.isfinite(value):
-            raise PredictionError(f"{self.analysis_id}: SModelS likelihood at mu={mu} is {value}")
-        return float(value)
+        mu = float(mu)
+        value = self.stats.nlls.get(mu)
+        if value is None:
+            value = self.theory.likelihood(mu=mu, return_nll=True)
+            if value is None or not math.isfinite(value):
+                raise PredictionError(f"{self.analysis_id}: SModelS likelihood at mu={mu} "
+                                      f"is {value}")
+            value = self.stats.nlls[mu] = float(value)
+        return value
 
 
 def effective_xsecs(model: ProtoModel) -> Xsecs:
@@ -170,13 +247,15 @@ def predict_slha_text(slha_text: str, database: ExperimentalDatabase,
     for expresult in smodels_db.expResultList:
         if not selection.accepts(expresult):
             continue
-        predictions.extend(_predictions_for(expresult, sms_match, smodels_db.expSMSDict, selection))
+        predictions.extend(_predictions_for(expresult, sms_match, smodels_db.expSMSDict,
+                                            selection, database.statistics))
     logger.debug("decomposition %.3fs, %d predictions in %.3fs", t1 - t0, len(predictions),
                  time.perf_counter() - t1)
     return predictions
 
 
-def _predictions_for(expresult, sms_match, sms_dict, selection: Selection) -> List[Prediction]:
+def _predictions_for(expresult, sms_match, sms_dict, selection: Selection,
+                     cache: StatisticsCache) -> List[Prediction]:
     from smodels.matching import theoryPrediction as tp
 
     results = []
@@ -188,7 +267,7 @@ def _predictions_for(expresult, sms_match, sms_dict, selection: Selection) -> Li
         return []
     if len(results) == 1:
         kind = "UL" if results[0][0].dataType() == "upperLimit" else "EM"
-        return [_wrap(p, expresult, kind) for p in results[0]
+        return [_wrap(p, expresult, kind, cache) for p in results[0]
                 if kind in selection.data_types]
     note = ""
     if "combined" in selection.data_types and (expresult.hasCovarianceMatrix()
@@ -196,26 +275,47 @@ def _predictions_for(expresult, sms_match, sms_dict, selection: Selection) -> Li
         try:
             combined = tp._getCombinedResultFor(results, expresult)
             if combined is not None:
-                return [_wrap(combined, expresult, "combined")]
+                return [_wrap(combined, expresult, "combined", cache)]
         except Exception as error:  # one broken statistical model must not stop the others
             note = f"combination failed ({type(error).__name__}: {error}); best signal region used"
             logger.warning("%s: %s", expresult.globalInfo.id, note)
     if "EM" not in selection.data_types and not note:
         return []
     best = tp._getBestResult(results)
-    return [_wrap(best, expresult, "EM", note)] if best is not None else []
+    return [_wrap(best, expresult, "EM", cache, note)] if best is not None else []
 
 
-def _wrap(theory, expresult, kind: str, note: str = "") -> Prediction:
+def _rounded(value: float) -> float:
+    return float(f"{value:.12g}")
+
+
+def statistics_key(theory, expresult, kind: str) -> Optional[Hashable]:
+    """What an EM or combined result's statistics depend on: the result and its signal
+    yields (sigma x eff per region, to 12 digits); None for UL results (cheap anyway)."""
     from smodels.base.physicsUnits import fb
+
+    if kind == "UL":
+        return None
+    info_id = expresult.globalInfo.id
+    if kind == "EM":
+        return (info_id, theory.dataset.getID(), _rounded(theory.xsection.asNumber(fb)))
+    yields = sorted((p.dataset.getID(), _rounded(p.xsection.asNumber(fb)))
+                    for p in theory.datasetPredictions)
+    return (info_id, "combined", tuple(yields))
+
+
+def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") -> Prediction:
+    from smodels.base.physicsUnits import fb
+    from smodels.base.runtime import _deltas_rel_default
     from smodels.statistics.basicStats import apriori, observed
 
     theory.expResult = expresult
-    from smodels.base.runtime import _deltas_rel_default
     theory.deltas_rel = _deltas_rel_default
     info = expresult.globalInfo
-    ul_obs = theory.getUpperLimit(observed)
-    ul_exp = theory.getUpperLimit(apriori)
+    stats = cache.get(statistics_key(theory, expresult, kind))
+    if stats.uls is None:
+        stats.uls = (theory.getUpperLimit(observed), theory.getUpperLimit(apriori))
+    ul_obs, ul_exp = stats.uls
     dataset_id = {"UL": "(UL)", "combined": "combined"}.get(kind) or theory.dataset.getID()
     return Prediction(
         analysis_id=info.id,
@@ -229,4 +329,5 @@ def _wrap(theory, expresult, kind: str, note: str = "") -> Prediction:
         txnames=sorted({str(t) for t in theory.txnames}),
         note=note,
         theory=theory,
+        stats=stats,
     )

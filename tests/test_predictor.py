@@ -153,3 +153,42 @@ def test_a_failing_combination_falls_back_without_stopping_others(subset_dir, su
     intact = predict(model, subset_db)
     assert ("ATLAS-SUSY-2018-31", "combined") in {(p.analysis_id, p.data_type) for p in intact}
     assert others(preds) and others(preds) == others(intact)
+
+
+def _sbottom_and_gluino(gluino_mass: float):
+    model = models.sbottom_higgs()
+    model.masses[1000021] = gluino_mass
+    model.decays[1000021] = {"q q XZ1": 1.0}
+    return model
+
+
+def _numbers(result):
+    return (result.K, result.TL, result.mu_hat, result.r_max,
+            [(m.prediction.analysis_id, m.prediction.dataset_id) for m in result.combination],
+            sorted((p.analysis_id, p.dataset_id, p.r_obs, p.r_exp) for p in result.predictions))
+
+
+def test_warm_statistics_cache_gives_the_numbers_of_an_empty_one(subset_db):
+    """Moving the gluino leaves the sbottom results' yields (the pyhf combination among
+    them) unchanged: they come from the cache, and every number equals a cold evaluation."""
+    chain = [_sbottom_and_gluino(1300.0), _sbottom_and_gluino(1400.0), _sbottom_and_gluino(1300.0)]
+    subset_db.statistics.clear()
+    warm = [significance.evaluate(m, subset_db) for m in chain]
+    assert subset_db.statistics.hits > 0
+    assert any(p.data_type == "combined" and p.analysis_id == "ATLAS-SUSY-2018-31"
+               for p in warm[1].predictions)
+    for model, result in zip(chain, warm):
+        subset_db.statistics.clear()
+        assert _numbers(significance.evaluate(model, subset_db)) == _numbers(result)
+
+
+def test_grid_end_is_a_fixed_ladder_above_mu_max():
+    from protomodels.predictor import grid_end
+
+    for mu_max in [1e-4, 0.03, 0.347, 1.0, 1.2, 7.5, 1e3]:
+        end = grid_end(mu_max)
+        assert mu_max <= end < mu_max * 2 ** 0.25 * (1 + 1e-12)
+        assert math.isclose(math.log2(end) * 4, round(math.log2(end) * 4), abs_tol=1e-9)
+    assert grid_end(1.0) == 1.0 and grid_end(1.0000001) == 2 ** 0.25
+    with pytest.raises(ValueError):
+        grid_end(0.0)
