@@ -333,6 +333,31 @@ def plot(run_dir: Path, out_dir: Path, database_path) -> None:
         click.echo(str(path))
 
 
+@cli.command()
+@click.option("--models", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Models drawn from the walker's proposals for (a) and (b).")
+@click.option("--steps", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Walker steps per walker for (c).")
+@click.option("--walkers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Forked walkers for (c) and the memory figures.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.bench/1).")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@database_option
+@_handle_errors
+def bench(models: int, steps: int, walkers: int, seed: int, as_json: bool,
+          output_file: Optional[str], database_path: Optional[str]) -> None:
+    """Time (a) SModelS' own pipeline, (b) our cold evaluation and (c) warm walker steps
+    on the full database, with load time and memory (see protomodels/bench.py)."""
+    from . import bench as benchmark, database
+
+    db = database.load(database_path)
+    result = benchmark.run(db, models=models, seed=seed, steps=steps, walkers=walkers,
+                           database=database_path)
+    _emit(json.dumps(result, indent=2, sort_keys=True) + "\n" if as_json
+          else benchmark.format_report(result) + "\n", output_file)
+
+
 def main() -> None:  # console-script entry point
     cli(obj={})
 

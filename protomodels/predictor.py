@@ -44,6 +44,7 @@ MAX_MASS_DIST = 0.2  # SModelS' default clustering distance
 NLL_SAMPLES = 14  # grid points per sampled likelihood (plus its minimum)
 LADDER_STEPS = 4  # rungs per factor 2 for the end of a likelihood's sampling grid
 CACHE_SIZE = 20000  # results' statistics kept per process (a few kB each)
+CLS_MARGIN = 0.01  # CLs this close to 0.05 decides nothing: compute the limit
 
 
 def grid_end(mu_max: float) -> float:
@@ -62,9 +63,10 @@ def grid_end(mu_max: float) -> float:
 class ResultStatistics:
     """The costly statistics of one result for one signal, filled in as they are asked for."""
 
-    uls: Optional[tuple] = None  # (UL_obs, UL_exp) on sigma x eff in fb
+    uls: Dict[str, Optional[float]] = field(default_factory=dict)  # "obs"/"exp" UL in fb
     fit: Optional[tuple] = None  # (mu_hat, nll_sm, nll_min) from SModelS
     curves: Dict[float, "TabulatedNll"] = field(default_factory=dict)  # by grid end
+    cls: Dict[float, float] = field(default_factory=dict)  # observed CLs by mu
     nlls: Dict[float, float] = field(default_factory=dict)  # exact -ln L by mu
 
 
@@ -127,13 +129,55 @@ class Prediction:
     experiment: str
     sqrts: int
     xsec_fb: float  # predicted sigma x eff (x BR)
-    ul_obs_fb: Optional[float]
-    ul_exp_fb: Optional[float]
     txnames: List[str]
     note: str = ""
     theory: Any = field(default=None, repr=False)  # the SModelS TheoryPrediction
     stats: ResultStatistics = field(default_factory=ResultStatistics, repr=False)
     _curve: Optional[NllCurve] = field(default=None, repr=False)  # UL results' own curve
+
+    @property
+    def ul_obs_fb(self) -> Optional[float]:
+        """Observed upper limit on sigma x eff (fb); for combined results computed (a CLs
+        root search, up to a minute for pyhf) only when asked for."""
+        return self._upper_limit("obs")
+
+    @property
+    def ul_exp_fb(self) -> Optional[float]:
+        return self._upper_limit("exp")
+
+    def _upper_limit(self, which: str) -> Optional[float]:
+        if which not in self.stats.uls:
+            from smodels.base.physicsUnits import fb
+            from smodels.statistics.basicStats import apriori, observed
+
+            ul = self.theory.getUpperLimit(observed if which == "obs" else apriori)
+            self.stats.uls[which] = None if ul is None else float(ul.asNumber(fb))
+        return self.stats.uls[which]
+
+    @property
+    def r_known(self) -> bool:
+        """Is r_obs available without a costly computation?"""
+        return self.data_type != "combined" or "obs" in self.stats.uls
+
+    def r_below(self, bound: float) -> bool:
+        """Is r_obs < bound?  For a combined result whose limit is not known yet, decided
+        by one CLs test at mu = 1/bound (r < bound iff mu_UL > 1/bound iff CLs(1/bound) >
+        0.05, CLs falling in mu) instead of the full root search; within CLS_MARGIN of
+        0.05, or if the test fails, the limit is computed after all."""
+        if not self.r_known:
+            key = _rounded(1.0 / bound)
+            cls = self.stats.cls.get(key)
+            if cls is None:
+                try:
+                    cls = _observed_cls(self.theory, key)
+                except Exception as error:  # SModelS or pyhf: fall back to the limit
+                    logger.debug("%s: CLs test failed (%s)", self.analysis_id, error)
+                    cls = math.nan
+                self.stats.cls[key] = cls = math.nan if cls is None else float(cls)
+            if math.isfinite(cls) and abs(cls - 0.05) > CLS_MARGIN:
+                return cls > 0.05
+        r = self.r_obs
+        return r is None or r < bound
 
     @property
     def r_obs(self) -> Optional[float]:
@@ -188,6 +232,20 @@ class Prediction:
                                       f"is {value}")
             value = self.stats.nlls[mu] = float(value)
         return value
+
+
+def _observed_cls(theory, mu: float) -> Optional[float]:
+    """Observed CLs of a combined prediction at signal strength mu, prepared the way
+    SModelS prepares its own limit computation (``StatsComputer.poi_upper_limit``)."""
+    from smodels.statistics.basicStats import observed
+
+    computer = theory.statsComputer
+    limits = computer.upperLimitComputer
+    if computer.dataType == "pyhf":  # load the signals, as getUpperLimitOnMu does first
+        limits.__init__(limits.data, limits.cl, limits.lumi)
+    elif computer.dataType in ("SL", "1bin"):
+        limits.likelihoodComputer.model = computer.data
+    return limits.CLs(mu, observed)
 
 
 def effective_xsecs(model: ProtoModel) -> Xsecs:
@@ -275,7 +333,9 @@ def _predictions_for(expresult, sms_match, sms_dict, selection: Selection,
         try:
             combined = tp._getCombinedResultFor(results, expresult)
             if combined is not None:
-                return [_wrap(combined, expresult, "combined", cache)]
+                prediction = _wrap(combined, expresult, "combined", cache)
+                prediction._fit()  # needed anyway (excess); proves the statistical model works
+                return [prediction]
         except Exception as error:  # one broken statistical model must not stop the others
             note = f"combination failed ({type(error).__name__}: {error}); best signal region used"
             logger.warning("%s: %s", expresult.globalInfo.id, note)
@@ -307,15 +367,11 @@ def statistics_key(theory, expresult, kind: str) -> Optional[Hashable]:
 def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") -> Prediction:
     from smodels.base.physicsUnits import fb
     from smodels.base.runtime import _deltas_rel_default
-    from smodels.statistics.basicStats import apriori, observed
 
     theory.expResult = expresult
     theory.deltas_rel = _deltas_rel_default
     info = expresult.globalInfo
     stats = cache.get(statistics_key(theory, expresult, kind))
-    if stats.uls is None:
-        stats.uls = (theory.getUpperLimit(observed), theory.getUpperLimit(apriori))
-    ul_obs, ul_exp = stats.uls
     dataset_id = {"UL": "(UL)", "combined": "combined"}.get(kind) or theory.dataset.getID()
     return Prediction(
         analysis_id=info.id,
@@ -324,8 +380,6 @@ def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") 
         experiment="CMS" if "CMS" in info.id else "ATLAS",
         sqrts=int(round(info.sqrts.asNumber())),
         xsec_fb=float(theory.xsection.asNumber(fb)),
-        ul_obs_fb=None if ul_obs is None else float(ul_obs.asNumber(fb)),
-        ul_exp_fb=None if ul_exp is None else float(ul_exp.asNumber(fb)),
         txnames=sorted({str(t) for t in theory.txnames}),
         note=note,
         theory=theory,

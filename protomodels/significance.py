@@ -102,9 +102,19 @@ class Significance:
 
 
 def critic(predictions: Sequence[Prediction], r_limit: float) -> tuple[float, float]:
-    """(r_max, mu_max): the largest r_obs at mu = 1 and the signal strength it allows."""
-    rs = [p.r_obs for p in predictions if p.r_obs is not None]
-    r_max = max(rs, default=0.0)
+    """(r_max, mu_max): the largest r_obs at mu = 1 and the signal strength it allows.
+
+    Only the largest r matters, so the costly r of a combined result is computed only if
+    one CLs test cannot show it to be below the largest r known so far; the result is
+    the same as taking the maximum of all r."""
+    known = [p for p in predictions if p.r_known]
+    costly = sorted((p for p in predictions if not p.r_known), key=lambda p: -p.xsec_fb)
+    r_max = max((p.r_obs for p in known if p.r_obs is not None), default=0.0)
+    for p in costly:
+        if r_max > 0 and p.r_below(r_max):
+            continue
+        if p.r_obs is not None:
+            r_max = max(r_max, p.r_obs)
     mu_max = r_limit / r_max if r_max > 0 else math.inf
     return r_max, mu_max
 

@@ -192,3 +192,26 @@ def test_grid_end_is_a_fixed_ladder_above_mu_max():
     assert grid_end(1.0) == 1.0 and grid_end(1.0000001) == 2 ** 0.25
     with pytest.raises(ValueError):
         grid_end(0.0)
+
+
+@pytest.mark.parametrize("make", [models.sbottom_higgs, models.electroweak])
+def test_critic_with_cls_tests_equals_the_maximum_of_all_r(make, subset_db):
+    """The critic's shortcut (one CLs test instead of a limit) gives max(all r) exactly, and
+    the CLs test decides 'r below a bound' as the limit itself does, on pyhf and SL."""
+    model = make()
+    subset_db.statistics.clear()
+    predictions = predict(model, subset_db)
+    combined = [p for p in predictions if p.data_type == "combined"]
+    assert combined
+    r_max, mu_max = significance.critic(predictions, 1.0)
+    exact = [p.r_obs for p in predictions if p.r_obs is not None]
+    assert r_max == max(exact)
+    for p in combined:
+        r = p.r_obs
+        for factor, below in [(3.0, True), (1 / 3.0, False)]:
+            subset_db.statistics.clear()
+            fresh = [q for q in predict(model, subset_db) if q.data_type == "combined"
+                     and q.analysis_id == p.analysis_id][0]
+            assert not fresh.r_known
+            assert fresh.r_below(r * factor) is below
+            assert not fresh.r_known, "the CLs test should decide without the limit"

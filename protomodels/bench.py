@@ -1,0 +1,295 @@
+"""``protomodels bench``: where the time of a walker step goes, on the real database.
+
+One run measures, side by side:
+
+- (a) the straightforward pipeline per model: SModelS decomposition,
+  ``theoryPredictionsFor`` with combined results, both upper limits of every prediction
+  and its SModelS likelihood at the mu values our combiner samples;
+- (b) the project's full evaluation (K, TL, combination, critic) with empty caches;
+- (c) walker steps as they happen in a run (proposal and evaluation, warm caches), in
+  forked walkers like ``protomodels walk``, by move type, with each walker's memory;
+- the database load (cold process, from the built cache) and its peak memory.
+
+The models are drawn from the walker's own proposals (a start model plus a few random
+moves, seeded), so they look like the models of real walks.  Before (a) and (b) every
+model is evaluated once untimed: SModelS initialises each map's triangulation on first
+use, a one-off per process that would otherwise land on whichever pipeline runs first.
+Before each timed model both our statistics cache and SModelS' interpolation cache are
+emptied.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .database import ExperimentalDatabase
+from .model import ProtoModel
+from .moves import Space, default_moves
+from .predictor import NLL_SAMPLES, Selection, effective_xsecs
+from .runs import physics_score, start_model
+from .slha import to_slha
+from .walker import sample
+
+logger = logging.getLogger(__name__)
+
+BENCH_SCHEMA = "protomodels.bench/1"
+
+
+def benchmark_models(count: int, seed: int, space: Optional[Space] = None) -> List[ProtoModel]:
+    """``count`` models from the walker's proposals: each a start model followed by 2-8
+    random valid proposals, all accepted (seeded, so the set is fixed)."""
+    space = space or Space()
+    moves = default_moves(space)
+    names = [m for m, _ in moves]
+    weights = np.array([w for _, w in moves], dtype=float)
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    models = []
+    while len(models) < count:
+        model = start_model(rng, space)
+        for _ in range(int(rng.integers(2, 9))):
+            move = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+            proposal = move.propose(model, rng)
+            if proposal is not None and proposal.log_ratio > -math.inf:
+                model = proposal.model
+        if any(v > 0 for v in effective_xsecs(model).values()):
+            models.append(model)
+    return models
+
+
+def _clear_caches(db: ExperimentalDatabase) -> None:
+    from smodels.experiment.txnameDataObj import TxNameData
+
+    db.statistics.clear()
+    TxNameData.getValueFor.__wrapped__.cache_clear()
+
+
+def _selected(db: ExperimentalDatabase, selection: Selection):
+    """The SModelS database restricted to the selected results (a shallow copy, of a
+    subclass whose result list is fixed: SModelS wants a ``Database`` instance)."""
+    class Restricted(type(db.smodels)):
+        expResultList = property(lambda self: list(self._selected_results))
+
+    restricted = copy.copy(db.smodels)
+    restricted.__class__ = Restricted
+    restricted._selected_results = [e for e in db.smodels.expResultList if selection.accepts(e)]
+    return restricted
+
+
+def smodels_pipeline(model: ProtoModel, smodels_db) -> Dict[str, Any]:
+    """(a): what a direct use of SModelS computes for one model."""
+    from smodels.matching.theoryPrediction import theoryPredictionsFor
+    from smodels.statistics.basicStats import apriori, observed
+
+    from .predictor import decompose
+
+    _, top = decompose(to_slha(model, effective_xsecs(model)))
+    predictions = list(theoryPredictionsFor(smodels_db, top, combinedResults=True))
+    rs = []
+    for p in predictions:
+        r = p.getRValue(observed)
+        p.getRValue(apriori)
+        if r is not None:
+            rs.append(r)
+    mu_max = 1.0 / max(rs) if rs and max(rs) > 0 else 1e3
+    calls = 0
+    for p in predictions:
+        if p.dataType() == "upperLimit":
+            continue
+        for mu in np.linspace(0.0, mu_max, NLL_SAMPLES):
+            p.likelihood(mu=float(mu), return_nll=True)
+            calls += 1
+    return {"predictions": len(predictions), "likelihood_calls": calls}
+
+
+def _percentiles(values: List[float]) -> Dict[str, float]:
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "median_s": float(np.median(values)),
+            "p90_s": float(np.percentile(values, 90)), "mean_s": float(np.mean(values)),
+            "max_s": float(max(values))}
+
+
+def memory() -> Dict[str, float]:
+    """This process' memory in MB: resident now and at peak, proportional and private."""
+    out: Dict[str, float] = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[{"VmRSS": "rss_mb", "VmHWM": "peak_rss_mb"}[key]] = int(value.split()[0]) / 1024
+    try:
+        with open("/proc/self/smaps_rollup") as rollup:
+            fields = {}
+            for line in rollup:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                    fields[parts[0][:-1]] = int(parts[1]) / 1024
+        out["pss_mb"] = fields.get("Pss", 0.0)
+        out["private_mb"] = fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
+    except OSError:
+        pass
+    return out
+
+
+def load_time(database: Optional[str]) -> Dict[str, float]:
+    """Database load in a fresh process (from the built cache): seconds and peak memory."""
+    code = ("import sys, time, resource; t = time.perf_counter(); from protomodels import "
+            "database; db = database.load(sys.argv[1] if len(sys.argv) > 1 else None); "
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code] + ([database] if database else []),
+                          capture_output=True, text=True, check=True)
+    seconds, peak_kb = done.stdout.split()[-2:]
+    return {"load_s": float(seconds), "process_s": time.perf_counter() - started,
+            "peak_rss_mb": int(peak_kb) / 1024}
+
+
+def _walker_child(db, seed: np.random.SeedSequence, steps: int, write_fd: int) -> None:
+    """(c) in a forked process: ``steps`` Metropolis steps, timed, then report as JSON."""
+    space = Space()
+    score = physics_score(db)
+    rng = np.random.Generator(np.random.PCG64(seed))
+    model = start_model(rng, space)
+    K = float(score(model)["K"])
+    records = []
+    clock = time.perf_counter()
+    for step in sample(model, K, lambda m: float(score(m)["K"]), default_moves(space), rng, steps):
+        now = time.perf_counter()
+        records.append({"move": step.move, "seconds": now - clock, "accepted": step.accepted,
+                        "K": step.K})
+        clock = now
+    report = {"steps": records, "memory": memory(),
+              "cache": {"hits": db.statistics.hits, "misses": db.statistics.misses}}
+    with os.fdopen(write_fd, "w") as pipe:
+        json.dump(report, pipe)
+
+
+def walker_steps(db: ExperimentalDatabase, walkers: int, steps: int, seed: int) -> Dict[str, Any]:
+    """(c): ``walkers`` forked walkers of ``steps`` steps each, sharing the loaded database."""
+    children = []
+    for child_seed in np.random.SeedSequence(seed).spawn(walkers):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            os.close(read_fd)
+            code = 0
+            try:
+                _walker_child(db, child_seed, steps, write_fd)
+            except BaseException:  # report nothing; the parent notes the failure
+                logger.exception("benchmark walker failed")
+                code = 1
+            os._exit(code)
+        os.close(write_fd)
+        children.append((pid, read_fd))
+    reports = []
+    for pid, read_fd in children:
+        with os.fdopen(read_fd) as pipe:
+            text = pipe.read()
+        os.waitpid(pid, 0)
+        if text:
+            reports.append(json.loads(text))
+    seconds = [s["seconds"] for r in reports for s in r["steps"]]
+    by_move: Dict[str, List[float]] = {}
+    for r in reports:
+        for s in r["steps"]:
+            by_move.setdefault(s["move"], []).append(s["seconds"])
+    accepted = [s["accepted"] for r in reports for s in r["steps"]]
+    parent = memory()
+    private = sum(r["memory"].get("private_mb", 0.0) for r in reports)
+    return {
+        "walkers": walkers, "steps_per_walker": steps, "completed_walkers": len(reports),
+        "all": _percentiles(seconds),
+        "by_move": {move: _percentiles(v) for move, v in sorted(by_move.items())},
+        "acceptance": float(np.mean(accepted)) if accepted else None,
+        "memory": {"parent_rss_mb": parent.get("rss_mb"),
+                   "walkers": [r["memory"] for r in reports],
+                   # what N walkers take together: the shared parent plus each one's own pages
+                   "total_mb": (parent.get("rss_mb") or 0.0) + private},
+        "cache": [r["cache"] for r in reports],
+    }
+
+
+def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 50,
+        walkers: int = 2, database: Optional[str] = None) -> Dict[str, Any]:
+    """The whole benchmark; returns the JSON document (schema protomodels.bench/1)."""
+    from . import significance
+
+    started = time.perf_counter()
+    result: Dict[str, Any] = {"schema": BENCH_SCHEMA, "cpus": os.cpu_count(),
+                              "models": models, "seed": seed}
+    logger.info("database load in a fresh process")
+    result["database"] = load_time(database)
+    chosen = benchmark_models(models, seed)
+    selection = Selection()
+    smodels_db = _selected(db, selection)
+    logger.info("warm-up: %d models", len(chosen))
+    for model in chosen:
+        significance.evaluate(model, db)
+    per_model = []
+    for i, model in enumerate(chosen):
+        _clear_caches(db)
+        t0 = time.perf_counter()
+        smodels_pipeline(model, smodels_db)
+        a = time.perf_counter() - t0
+        _clear_caches(db)
+        t0 = time.perf_counter()
+        evaluated = significance.evaluate(model, db)
+        b = time.perf_counter() - t0
+        per_model.append({"model": model.describe(), "particles": len(model.masses),
+                          "a_s": a, "b_s": b, "K": evaluated.K, "r_max": evaluated.r_max})
+        logger.info("model %d/%d: (a) %.2fs (b) %.2fs K=%.4f", i + 1, len(chosen), a, b,
+                    evaluated.K)
+    result["per_model"] = per_model
+    result["a_straightforward"] = _percentiles([m["a_s"] for m in per_model])
+    result["b_evaluation"] = _percentiles([m["b_s"] for m in per_model])
+    logger.info("walker steps: %d walkers x %d steps", walkers, steps)
+    result["c_walker_steps"] = walker_steps(db, walkers, steps, seed)
+    a_total = sum(m["a_s"] for m in per_model)
+    b_total = sum(m["b_s"] for m in per_model)
+    c_median = result["c_walker_steps"]["all"].get("median_s")
+    a_median = result["a_straightforward"]["median_s"]
+    result["ratios"] = {"a_over_b_total": a_total / b_total if b_total else None,
+                        "a_over_b_median": a_median / result["b_evaluation"]["median_s"],
+                        "a_over_c_median": a_median / c_median if c_median else None}
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+def format_report(result: Dict[str, Any]) -> str:
+    """A short human-readable summary of ``run``'s JSON."""
+    a, b = result["a_straightforward"], result["b_evaluation"]
+    c = result["c_walker_steps"]
+    lines = [
+        f"database load {result['database']['load_s']:.1f} s (peak "
+        f"{result['database']['peak_rss_mb']:.0f} MB), {result['cpus']} cpus",
+        f"(a) SModelS pipeline     median {a['median_s']:.2f} s  p90 {a['p90_s']:.2f} s",
+        f"(b) our evaluation, cold median {b['median_s']:.2f} s  p90 {b['p90_s']:.2f} s",
+        f"(c) walker step, warm    median {c['all'].get('median_s', float('nan')):.2f} s  "
+        f"p90 {c['all'].get('p90_s', float('nan')):.2f} s  ({c['walkers']} walkers x "
+        f"{c['steps_per_walker']} steps, acceptance {c['acceptance'] or 0:.0%})",
+    ]
+    for move, p in c["by_move"].items():
+        lines.append(f"      {move:<12} n={p['n']:<3} median {p['median_s']:.3f} s  "
+                     f"p90 {p['p90_s']:.3f} s")
+    r = result["ratios"]
+    lines.append(f"ratios: (a)/(b) {r['a_over_b_total']:.2f} (total), "
+                 f"{r['a_over_b_median']:.2f} (median); (a)/(c) "
+                 f"{(r['a_over_c_median'] or float('nan')):.2f} (median)")
+    mem = c["memory"]
+    per_walker = ", ".join(f"{w.get('peak_rss_mb', 0):.0f}" for w in mem["walkers"])
+    lines.append(f"memory: walkers' peak RSS {per_walker} MB; {c['walkers']} walkers together "
+                 f"{mem['total_mb']:.0f} MB (shared parent + private pages)")
+    lines.append(f"benchmark took {result['seconds']:.0f} s")
+    return "\n".join(lines)
