@@ -211,10 +211,15 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML or YAML file with any of these options (flags win).")
+@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
+              help="Run the walkers as Dask tasks: a scheduler address, 'local', or a "
+                   "dask-jobqueue batch system (needs protomodels[cluster]).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="With --cluster local: worker processes; with a batch system: jobs.")
 @database_option
 @_handle_errors
 def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_every, config_file,
-         database_path) -> None:
+         cluster, jobs, database_path) -> None:
     """Run Metropolis-Hastings walkers over proto-models (or --resume a run)."""
     from .runs import WalkConfig, load_config, walk as run_walk
 
@@ -225,7 +230,8 @@ def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_eve
     values.update({k: v for k, v in flags.items() if v is not None})
     if not values.get("out"):
         raise click.UsageError("give --out DIR for a new run, or --resume DIR")
-    summary = run_walk(WalkConfig(**values), resume=resume is not None)
+    summary = run_walk(WalkConfig(**values), resume=resume is not None, cluster=cluster,
+                       jobs=jobs)
     for state in summary["progress"]:
         click.echo(f"walker {state['walker']}: {state['steps']} steps, acceptance "
                    f"{100 * state['acceptance']:.0f}%, best K {state['best_K']}")

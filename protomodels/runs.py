@@ -318,9 +318,11 @@ def progress(out: Path, walkers: int) -> List[Dict[str, Any]]:
     return status
 
 
-def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[str, Any]:
+def walk(config: WalkConfig, resume: bool = False, score_factory=None,
+         cluster: Optional[str] = None, jobs: Optional[int] = None) -> Dict[str, Any]:
     """Start or continue a run: load the database once, then one process per walker
-    (forked after the load, so they share it).  Returns a summary with crashed walkers."""
+    (forked after the load, so they share it), or one Dask task per walker with
+    ``cluster`` (see ``protomodels.cluster``).  Returns a summary with crashed walkers."""
     import multiprocessing
     import sys
 
@@ -354,14 +356,42 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[s
                                      "versions": _versions(db),
                                      "seeds": {"entropy": config.seed, "spawn": "SeedSequence(seed).spawn(walkers)"},
                                      "segments": [{"steps": config.steps, "started": time.time()}]})
+    seeds = walker_seeds(config.seed, config.walkers)
+    space = Space()
+    hiscores_path = out / "hiscores.json"
+    tty = sys.stderr.isatty()
+    last_report = [0.0]
+
+    def report() -> None:
+        now = time.monotonic()
+        if now - last_report[0] > (1.0 if tty else 30.0):
+            last_report[0] = now
+            line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
+                             f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
+                             for s in progress(out, config.walkers))
+            if tty:
+                print("\r" + line, end="", file=sys.stderr, flush=True)
+            else:
+                logger.warning("progress: %s", line)
+
+    if cluster:
+        from . import cluster as dask_cluster
+        done = ([WalkerStore(out / f"walker-{i}").load_checkpoint()["step"]
+                 for i in range(config.walkers)] if resume else [0] * config.walkers)
+        crashed = dask_cluster.run_walkers(out, seeds, [d + config.steps for d in done],
+                                           asdict(config), cluster, jobs, report, score_factory)
+        if tty:
+            print(file=sys.stderr)
+        for i in crashed:
+            logger.error("walker %d crashed: --resume continues it from its last checkpoint", i)
+        export_hiscores(out)
+        return {"out": str(out), "crashed": crashed, "interrupted": [],
+                "progress": progress(out, config.walkers)}
     import signal
     # Ctrl-C and SIGTERM checkpoint and stop, also when started in the background
     # (where shells set SIGINT to be ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    seeds = walker_seeds(config.seed, config.walkers)
-    space = Space()
-    hiscores_path = out / "hiscores.json"
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_walker_process, name=f"walker-{i}",
                                  args=(i, out / f"walker-{i}", seeds[i], score, config.steps, space,
@@ -369,21 +399,10 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None) -> Dict[s
                  for i in range(config.walkers)]
     for process in processes:
         process.start()
-    tty = sys.stderr.isatty()
-    last_report = 0.0
     try:
         while any(p.is_alive() for p in processes):
             time.sleep(0.5)
-            now = time.monotonic()
-            if now - last_report > (1.0 if tty else 30.0):
-                last_report = now
-                line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
-                                 f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
-                                 for s in progress(out, config.walkers))
-                if tty:
-                    print("\r" + line, end="", file=sys.stderr, flush=True)
-                else:
-                    logger.warning("progress: %s", line)
+            report()
     except KeyboardInterrupt:
         logger.warning("interrupted: waiting for the walkers to checkpoint")
         for process in processes:

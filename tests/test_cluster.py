@@ -1,0 +1,91 @@
+"""Walkers as Dask tasks on a LocalCluster of separate worker processes (loopback): the
+same histories as a local run, and a worker killed mid-run costs no steps beyond the
+last checkpoint."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("distributed")
+import cloudpickle  # noqa: E402  (a dependency of distributed)
+import psutil  # noqa: E402
+
+from protomodels.runs import WalkConfig, progress, walk  # noqa: E402
+
+from . import test_runs  # noqa: E402
+from .test_runs import fake_factory, fake_score  # noqa: E402
+
+# Workers import nothing from tests/: send the fake predictors by value.
+cloudpickle.register_pickle_by_value(test_runs)
+
+
+def slow_factory():
+    """The fake predictor, slowed down so that a worker can be killed mid-run."""
+    def score(model):
+        time.sleep(0.05)
+        return fake_score(model)
+    return score
+
+
+def register_slow():
+    import sys
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+register_slow()
+
+
+def histories(run, walkers=2):
+    return [(run / f"walker-{i}" / "history.jsonl").read_bytes() for i in range(walkers)]
+
+
+def test_cluster_run_equals_local_run_and_resumes(tmp_path):
+    settings = dict(walkers=2, steps=15, seed=4, checkpoint_every=5)
+    walk(WalkConfig(out=str(tmp_path / "local"), **settings), score_factory=fake_factory)
+    summary = walk(WalkConfig(out=str(tmp_path / "dask"), **settings), score_factory=fake_factory,
+                   cluster="local", jobs=2)
+    assert summary["crashed"] == []
+    assert histories(tmp_path / "dask") == histories(tmp_path / "local")
+    walk(WalkConfig(out=str(tmp_path / "local"), steps=6), resume=True, score_factory=fake_factory)
+    walk(WalkConfig(out=str(tmp_path / "dask"), steps=6), resume=True, score_factory=fake_factory,
+         cluster="local", jobs=2)
+    assert histories(tmp_path / "dask") == histories(tmp_path / "local")
+    assert [s["steps"] for s in progress(tmp_path / "dask", 2)] == [21, 21]
+    assert (tmp_path / "dask" / "hiscores" / "rank-1.slha").exists()
+
+
+def test_a_killed_worker_has_its_walker_resumed_elsewhere(tmp_path):
+    settings = dict(walkers=2, steps=60, seed=11, checkpoint_every=5)
+    walk(WalkConfig(out=str(tmp_path / "local"), **settings), score_factory=fake_factory)
+    run = tmp_path / "dask"
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(walk(
+        WalkConfig(out=str(run), **settings), score_factory=slow_factory, cluster="local",
+        jobs=2)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        states = progress(run, 2) if (run / "run.json").exists() else []
+        if states and all(12 <= s["steps"] < 40 for s in states):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"walkers did not get going: {states}")
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "spawn_main" in " ".join(p.cmdline())]
+    assert workers, "no Dask worker processes found"
+    killed_at = {s["walker"]: s["steps"] for s in progress(run, 2)}
+    workers[0].kill()  # SIGKILL: no checkpoint, no goodbye
+    assert not psutil.wait_procs([workers[0]], timeout=10)[1], "the worker should be dead"
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    assert result["crashed"] == [], result
+    assert histories(run) == histories(tmp_path / "local")
+    for i in range(2):
+        steps = [int(line.split()[0])
+                 for line in (run / f"walker-{i}" / "timings.txt").read_text().splitlines()]
+        assert steps == list(range(1, 61)), f"walker {i}: a step missing or twice"
+    assert max(killed_at.values()) < 60
