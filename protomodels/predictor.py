@@ -64,7 +64,6 @@ class ResultStatistics:
     """The costly statistics of one result for one signal, filled in as they are asked for."""
 
     uls: Dict[str, Optional[float]] = field(default_factory=dict)  # "obs"/"exp" UL in fb
-    fit: Optional[tuple] = None  # (mu_hat, nll_sm, nll_min) from SModelS
     curves: Dict[float, "TabulatedNll"] = field(default_factory=dict)  # by grid end
     cls: Dict[float, float] = field(default_factory=dict)  # observed CLs by mu
     nlls: Dict[float, float] = field(default_factory=dict)  # exact -ln L by mu
@@ -156,8 +155,11 @@ class Prediction:
 
     @property
     def r_known(self) -> bool:
-        """Is r_obs available without a costly computation?"""
-        return self.data_type != "combined" or "obs" in self.stats.uls
+        """Is r_obs available without a costly computation?  Only pyhf limits are: their
+        root search repeats full hypothesis tests, where a simplified likelihood's reuses
+        one fit (so that a CLs test would cost as much as its limit)."""
+        return (self.data_type != "combined" or "obs" in self.stats.uls
+                or self.theory.statsComputer.dataType != "pyhf")
 
     def r_below(self, bound: float) -> bool:
         """Is r_obs < bound?  For a combined result whose limit is not known yet, decided
@@ -193,18 +195,17 @@ class Prediction:
             return bool(self.ul_obs_fb and self.ul_exp_fb)
         return True
 
-    def excess(self) -> bool:
-        """Can this prediction raise TL at all, i.e. is its best-fit mu positive?"""
+    def excess(self, mu_max: float) -> bool:
+        """Can this prediction raise TL on [0, mu_max], i.e. is its best-fit mu positive
+        with a likelihood gain above 1e-9?  For SModelS likelihoods, first the slope at 0
+        (one probe at 1e-6 of the range: no fit), then the sampled curve decides."""
         if self.data_type == "UL":
             return self.has_likelihood and self.curve(math.inf).mu_hat > 0
-        mu_hat, nll_sm, nll_min = self._fit()
-        return mu_hat > 0 and nll_sm - nll_min > 1e-9
-
-    def _fit(self) -> tuple:
-        if self.stats.fit is None:
-            fit = self.theory.computeStatistics()
-            self.stats.fit = (fit["muhat"] or 0.0, fit["nllsm"], fit["nll_min"])
-        return self.stats.fit
+        end = grid_end(mu_max)
+        if self.nll(1e-6 * end) >= self.nll(0.0):
+            return False
+        curve = self.curve(mu_max)
+        return curve.mu_hat > 0 and self.nll(0.0) - float(curve(curve.mu_hat)) > 1e-9
 
     def curve(self, mu_max: float) -> NllCurve:
         """The nll(mu) curve, valid on [0, mu_max] (UL: analytic; else sampled on
@@ -217,7 +218,7 @@ class Prediction:
         end = grid_end(mu_max)
         curve = self.stats.curves.get(end)
         if curve is None:
-            curve = TabulatedNll.sample(self.nll, end, max(self._fit()[0], 0.0), n=NLL_SAMPLES)
+            curve = TabulatedNll.sample(self.nll, end, math.nan, n=NLL_SAMPLES)
             self.stats.curves[end] = curve
         return curve
 
@@ -334,7 +335,7 @@ def _predictions_for(expresult, sms_match, sms_dict, selection: Selection,
             combined = tp._getCombinedResultFor(results, expresult)
             if combined is not None:
                 prediction = _wrap(combined, expresult, "combined", cache)
-                prediction._fit()  # needed anyway (excess); proves the statistical model works
+                prediction.nll(0.0)  # needed anyway; proves the statistical model works
                 return [prediction]
         except Exception as error:  # one broken statistical model must not stop the others
             note = f"combination failed ({type(error).__name__}: {error}); best signal region used"

@@ -143,7 +143,7 @@ def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_lim
     scan_max = mu_max if math.isfinite(mu_max) else 1e3
     for p in informative:
         try:
-            if not p.excess():
+            if not p.excess(scan_max):
                 continue
             curves.append(p.curve(scan_max))
             nodes.append(p)
