@@ -149,7 +149,13 @@ class Prediction:
             from smodels.base.physicsUnits import fb
             from smodels.statistics.basicStats import apriori, observed
 
-            ul = self.theory.getUpperLimit(observed if which == "obs" else apriori)
+            try:
+                ul = self.theory.getUpperLimit(observed if which == "obs" else apriori)
+            except Exception as error:  # SModelS or pyhf; one result must not stop a model
+                logger.warning("%s (%s): %s upper limit failed (%s: %s); no r for it",
+                               self.analysis_id, self.dataset_id, which,
+                               type(error).__name__, error)
+                ul = None
             self.stats.uls[which] = None if ul is None else float(ul.asNumber(fb))
         return self.stats.uls[which]
 

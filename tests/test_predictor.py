@@ -216,3 +216,23 @@ def test_critic_with_cls_tests_equals_the_maximum_of_all_r(make, subset_db):
             assert fresh.r_known is not pyhf  # a simplified likelihood's limit is cheap
             assert fresh.r_below(r * factor) is below
             assert fresh.r_known is not pyhf, "the CLs test should decide without the limit"
+
+
+def test_a_failing_upper_limit_loses_that_r_only(subset_db, caplog):
+    """A limit that fails when it is finally computed (lazily, in the critic) drops that
+    result's r with a warning; the model is still evaluated."""
+    model = models.sbottom_higgs()
+    subset_db.statistics.clear()
+    predictions = predict(model, subset_db)
+    combined = [p for p in predictions if p.data_type == "combined"][0]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("workspace exploded")
+
+    combined.theory.getUpperLimit = broken
+    result = significance.evaluate_predictions(model, predictions)
+    assert combined.r_obs is None
+    assert "workspace exploded" in caplog.text
+    others = [p.r_obs for p in predictions if p is not combined and p.r_obs is not None]
+    assert result.r_max == max(others)
+    subset_db.statistics.clear()
