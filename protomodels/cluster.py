@@ -65,13 +65,9 @@ def _physics_score(config: Dict[str, Any]) -> Callable:
     key = (config["database"], config["r_limit"], tuple(config["sqrts"]),
            tuple(config["analyses"]))
     if key not in _SCORES:
-        from . import database
-        from .predictor import Selection
-        from .runs import physics_score
+        from .runs import WalkConfig, load_physics_score
 
-        db = database.load(config["database"])
-        selection = Selection(sqrts=tuple(config["sqrts"]), analyses=tuple(config["analyses"]))
-        _SCORES[key] = physics_score(db, config["r_limit"], selection)
+        _SCORES[key] = load_physics_score(WalkConfig(**config))[1]
     return _SCORES[key]
 
 

@@ -106,47 +106,23 @@ class TabulatedNll:
     @classmethod
     def sample(cls, nll: Callable[[float], float], mu_max: float, mu_hat_hint: float,
                n: int = 12) -> "TabulatedNll":
-        """Sample ``nll`` on [0, mu_max]: a uniform grid plus the located minimum.
-
-        The minimum is the hint (the likelihood's own fitted mu_hat, clipped to the range)
-        when two probes at +-1e-5 mu_max confirm it is one; otherwise a bounded Brent
-        search around the best grid point finds it.  The probe costs 2-3 calls, Brent
-        about 20, and each call of a profiled likelihood is a fit."""
+        """Sample ``nll`` on [0, mu_max]: a uniform grid plus the located minimum."""
         grid = list(np.linspace(0.0, mu_max, n))
         values = [nll(m) for m in grid]
         best = int(np.argmin(values))
         lo = grid[max(best - 1, 0)]
         hi = grid[min(best + 1, n - 1)]
-        hint = min(max(mu_hat_hint, 0.0), mu_max)
-        located = _confirm_minimum(nll, hint, lo, hi, values[best], grid, values,
-                                   1e-5 * mu_max)
-        if located is not None:
-            nll_min, mu_min = located
-        elif lo < hi:
+        hint = min(max(mu_hat_hint, lo), hi)
+        if lo < hi:
             result = optimize.minimize_scalar(nll, bounds=(lo, hi), method="bounded",
                                               options={"xatol": 1e-6 * mu_max})
             cand = [(values[best], grid[best]), (float(result.fun), float(result.x))]
             if lo < hint < hi:
                 cand.append((nll(hint), hint))
             nll_min, mu_min = min(cand)
+            if mu_min not in grid:
+                grid.append(mu_min)
+                values.append(nll_min)
         else:
-            nll_min, mu_min = values[best], grid[best]
-        if mu_min not in grid:
-            grid.append(mu_min)
-            values.append(nll_min)
+            mu_min = grid[best]
         return cls(grid, values, mu_min)
-
-
-def _confirm_minimum(nll: Callable[[float], float], hint: float, lo: float, hi: float,
-                     grid_min: float, grid: list, values: list,
-                     delta: float) -> "tuple[float, float] | None":
-    """(nll, mu) of the minimum if ``hint`` is confirmed as one, else None."""
-    if not lo <= hint <= hi or delta <= 0:
-        return None
-    at = values[grid.index(hint)] if hint in grid else nll(hint)
-    if at > grid_min:
-        return None
-    probes = [m for m in (hint - delta, hint + delta) if 0.0 <= m <= grid[-1]]
-    if all(nll(m) >= at for m in probes):
-        return at, hint
-    return None

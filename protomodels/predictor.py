@@ -11,7 +11,7 @@ SModelS' own likelihood for EM and combined results (sampled on a grid [0, M] wi
 the first rung of a fixed ladder at or above mu_max); the paper's truncated Gaussian for
 UL results with an expected limit; none otherwise.
 
-The statistics of an EM or combined result (its upper limits, fit and likelihood curve)
+The statistics of an EM or combined result (its upper limits, likelihood values and curves)
 depend on nothing but the result and its signal yields per region, and they are what
 costs: a pyhf upper limit takes up to a minute.  ``StatisticsCache`` memoises them by
 exactly that key, so a walker step that leaves a result's yields unchanged (a move of a

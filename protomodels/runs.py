@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -219,6 +219,16 @@ def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
     return score
 
 
+def load_physics_score(config: "WalkConfig"):
+    """(database, score) for a run's configuration: its database, r_limit and selection."""
+    from . import database
+    from .predictor import Selection
+
+    db = database.load(config.database)
+    selection = Selection(sqrts=tuple(config.sqrts), analyses=tuple(config.analyses))
+    return db, physics_score(db, config.r_limit, selection)
+
+
 def best_fit(model: ProtoModel, mu_hat: float) -> ProtoModel:
     """The model with every multiplier scaled by mu_hat: the best fit within the critic.
 
@@ -323,7 +333,6 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     """Start or continue a run: load the database once, then one process per walker
     (forked after the load, so they share it), or one Dask task per walker with
     ``cluster`` (see ``protomodels.cluster``).  Returns a summary with crashed walkers."""
-    import multiprocessing
     import sys
 
     out = Path(config.out)
@@ -340,11 +349,7 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
     db = None
     if score_factory is None:
-        from . import database
-        from .predictor import Selection
-        db = database.load(config.database)
-        selection = Selection(sqrts=tuple(config.sqrts), analyses=tuple(config.analyses))
-        score = physics_score(db, config.r_limit, selection)
+        db, score = load_physics_score(config)
     else:
         score = score_factory()
     out.mkdir(parents=True, exist_ok=True)
@@ -358,7 +363,6 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
                                      "segments": [{"steps": config.steps, "started": time.time()}]})
     seeds = walker_seeds(config.seed, config.walkers)
     space = Space()
-    hiscores_path = out / "hiscores.json"
     tty = sys.stderr.isatty()
     last_report = [0.0]
 
@@ -380,13 +384,22 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
                  for i in range(config.walkers)] if resume else [0] * config.walkers)
         crashed = dask_cluster.run_walkers(out, seeds, [d + config.steps for d in done],
                                            asdict(config), cluster, jobs, report, score_factory)
-        if tty:
-            print(file=sys.stderr)
-        for i in crashed:
-            logger.error("walker %d crashed: --resume continues it from its last checkpoint", i)
-        export_hiscores(out)
-        return {"out": str(out), "crashed": crashed, "interrupted": [],
-                "progress": progress(out, config.walkers)}
+        interrupted: List[int] = []
+    else:
+        crashed, interrupted = _run_forked(out, seeds, score, space, config, resume, report)
+    if tty:
+        print(file=sys.stderr)
+    for i in crashed:
+        logger.error("walker %d crashed: --resume continues it from its last checkpoint", i)
+    export_hiscores(out)
+    return {"out": str(out), "crashed": crashed, "interrupted": interrupted,
+            "progress": progress(out, config.walkers)}
+
+
+def _run_forked(out: Path, seeds, score: Score, space: Space, config: WalkConfig,
+                resume: bool, report) -> Tuple[List[int], List[int]]:
+    """One forked process per walker; (crashed, interrupted) walkers."""
+    import multiprocessing
     import signal
     # Ctrl-C and SIGTERM checkpoint and stop, also when started in the background
     # (where shells set SIGINT to be ignored).
@@ -395,7 +408,7 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     context = multiprocessing.get_context("fork")
     processes = [context.Process(target=_walker_process, name=f"walker-{i}",
                                  args=(i, out / f"walker-{i}", seeds[i], score, config.steps, space,
-                                       config, resume, hiscores_path))
+                                       config, resume, out / "hiscores.json"))
                  for i in range(config.walkers)]
     for process in processes:
         process.start()
@@ -408,21 +421,13 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
         for process in processes:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGINT)
-        for process in processes:
-            process.join()
-    finally:
-        if tty:
-            print(file=sys.stderr)
     for process in processes:
         process.join()
-    crashed = [i for i, p in enumerate(processes) if p.exitcode not in (0, 130)]
-    interrupted = [i for i, p in enumerate(processes) if p.exitcode == 130]
-    for i in crashed:
-        logger.error("walker %d crashed (exit code %s): --resume continues it from its "
-                     "last checkpoint", i, processes[i].exitcode)
-    export_hiscores(out)
-    return {"out": str(out), "crashed": crashed, "interrupted": interrupted,
-            "progress": progress(out, config.walkers)}
+    for i, process in enumerate(processes):
+        if process.exitcode not in (0, 130):
+            logger.error("walker %d exited with code %s", i, process.exitcode)
+    return ([i for i, p in enumerate(processes) if p.exitcode not in (0, 130)],
+            [i for i, p in enumerate(processes) if p.exitcode == 130])
 
 
 def export_hiscores(out: Path) -> List[Path]:
