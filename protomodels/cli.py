@@ -339,6 +339,111 @@ def plot(run_dir: Path, out_dir: Path, database_path) -> None:
         click.echo(str(path))
 
 
+noise_option = click.option(
+    "--noise", type=click.Choice(["poisson", "fixed"]), default="poisson", show_default=True,
+    help="poisson: background and signal counts drawn; fixed: no draws at all "
+         "(n_obs = b + s, UL_obs = UL_exp), an Asimov database.")
+fudge_option = click.option(
+    "--fudge", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+    help="Scale the background uncertainties of the draws (paper: 0.65 for injection).")
+inject_option = click.option(
+    "--inject", type=click.Path(dir_okay=False, exists=True), default=None, metavar="MODEL.slha",
+    help="Add this proto-model's expected signal to the fake observations.")
+
+
+@cli.command()
+@click.option("--seed", type=int, required=True, help="Seed of every draw (recorded).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the fake database (its fakedb.json).")
+@inject_option
+@fudge_option
+@noise_option
+@click.option("--json", "as_json", is_flag=True, help="JSON summary output.")
+@database_option
+@_handle_errors
+def fakedb(seed: int, out: Path, inject, fudge: float, noise: str, as_json: bool,
+           database_path: Optional[str]) -> None:
+    """A fake database: every observation redrawn from its background model (plus an
+    injected signal); use it with --database OUT."""
+    from . import fakedb as fake
+
+    record = fake.generate(out, seed=seed, base=database_path, inject=inject, fudge=fudge,
+                           noise=noise)
+    ems = record["efficiency_maps"]
+    summary = {"out": str(out), "seed": seed, "noise": noise, "fudge": fudge, "inject": inject,
+               "base": record["base"], "seconds": record["seconds"],
+               "signal_regions": len(ems),
+               "signal_regions_changed": sum(r["n_obs"] != r["n_obs_real"] for r in ems),
+               "ul_maps_shifted": sum(r["x"] is not None for r in record["upper_limit_maps"]),
+               "ul_maps_with_signal": sum(bool(r["signal_points"]) for r in record["upper_limit_maps"]),
+               "pyhf_regions": len(record["pyhf"]),
+               "signal_events": (record["injected"] or {}).get("signal_events")}
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    click.echo(f"fake database {out} (seed {seed}, noise {noise}, fudge {fudge}) from "
+               f"{record['base']['version']} in {record['seconds']:.1f} s: "
+               f"{summary['signal_regions_changed']}/{len(ems)} signal-region counts changed, "
+               f"{summary['ul_maps_shifted']} UL maps shifted, {summary['pyhf_regions']} pyhf regions set"
+               + (f"; injected {inject}: {summary['signal_events']:.1f} signal events, "
+                  f"{summary['ul_maps_with_signal']} UL maps" if inject else ""))
+    click.echo(f"use it with: --database {out}")
+
+
+@cli.command()
+@click.argument("real_run", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("fake_runs", nargs=-1, required=True,
+                type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of the distribution [default: REAL_RUN/pvalue.png].")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.pvalue/1).")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@_handle_errors
+def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
+           output_file: Optional[str]) -> None:
+    """Global p-value of REAL_RUN's best K against the best K of FAKE_RUNS (runs on fake
+    SM-only databases), with a plot of the distribution."""
+    from . import plots, pvalue as pv
+
+    report = pv.compare_runs(real_run, fake_runs)
+    report["plot"] = str(plots.plot_pvalue(report, plot_path or real_run / "pvalue.png"))
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else pv.format_report(report) + f"plot: {report['plot']}\n", output_file)
+
+
+@cli.command()
+@click.option("--count", type=click.IntRange(min=1), required=True, help="Number of fake databases.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the SeedSequence that gives each fake its database and walker seeds.")
+@click.option("--walkers", type=click.IntRange(min=1), required=True)
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="Steps per walker.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for db-<i>/ and run-<i>/ (run again to continue).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
+@inject_option
+@fudge_option
+@noise_option
+@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
+              help="Run each fake's walkers as Dask tasks (see walk --cluster).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None)
+@database_option
+@_handle_errors
+def fakes(count, seed, walkers, steps, out, temperature, r_limit, inject, fudge, noise, cluster,
+          jobs, database_path) -> None:
+    """Batch: COUNT fake databases and a walker run on each; then
+    `protomodels pvalue REAL_RUN OUT/run-*`."""
+    from .pvalue import run_fakes, run_summary
+
+    options = {k: v for k, v in (("temperature", temperature), ("r_limit", r_limit)) if v is not None}
+    runs = run_fakes(out, count=count, seed=seed, walkers=walkers, steps=steps,
+                     base=database_path, inject=inject, fudge=fudge, noise=noise,
+                     cluster=cluster, jobs=jobs, walk_options=options)
+    for run in runs:
+        summary = run_summary(run)
+        click.echo(f"{run}: best K {summary['best_K']:.3f} ({', '.join(summary['particles'])})")
+
+
 @cli.command()
 @click.option("--models", type=click.IntRange(min=1), default=20, show_default=True,
               help="Models drawn from the walker's proposals for (a) and (b).")

@@ -7,7 +7,8 @@ or ``$PROTOMODELS_CACHE``), our final-state definitions are added as
 ``databaseParticles.py``, and SModelS' binary database is built once into a temporary
 file and renamed into place; a file lock makes concurrent first use safe.  Later loads
 read the binary file directly (seconds).  A path may also be an unpacked text database,
-a ``.pcl`` binary database, or an URL SModelS knows how to fetch.
+a ``.pcl`` binary database, an URL SModelS knows how to fetch, or a fake database
+(a folder with ``fakedb.json``, see ``protomodels.fakedb``).
 
 SModelS silently skips every folder whose path has a component starting with a dot,
 so a database under e.g. ``~/.cache`` loads zero results: such paths are refused, and
@@ -219,6 +220,7 @@ class ExperimentalDatabase:
     sha256: str
     load_seconds: float
     manifest: Dict[str, Any] = field(default_factory=dict)
+    fake: Optional[Dict[str, Any]] = None  # what a fake database is (see ``fakedb``)
     statistics: Any = field(default_factory=lambda: _statistics_cache(), repr=False)
 
     @property
@@ -260,6 +262,9 @@ def load(path: Optional[str] = None) -> ExperimentalDatabase:
     from smodels.experiment.databaseObj import Database
 
     source = locate(path)
+    from . import fakedb
+    if fakedb.record_path(source) is not None:
+        return fakedb.load(source)
     t0 = time.perf_counter()
     manifest: Dict[str, Any] = {}
     digest = ""
@@ -331,6 +336,7 @@ def describe(db: ExperimentalDatabase, check_combined: bool = False) -> Dict[str
         "superseded": sorted(superseded),
         "failed_to_load": db.manifest.get("failed_folders", []),
         "overrides": overrides_applied(db),
+        "fake": db.fake,
     }
     if check_combined:
         report["combined_check"] = check_combined_results(db)

@@ -314,3 +314,38 @@ def plot_run(run_dir: Path, out_dir: Path,
         plot_likelihoods(likelihood_members, mu_hat, mu_max, target)
         written.append(target)
     return written
+
+
+def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
+    """The fakes' best-K distribution (histogram and kernel density estimate) with the
+    real best K marked and both p-values written on the plot."""
+    from scipy import stats
+
+    ks = np.array([f["best_K"] for f in report["fakes"]], dtype=float)
+    real = report["real"]["best_K"]
+    fig = _figure(6.4, 4.2)
+    ax = fig.add_subplot(1, 1, 1)
+    lo, hi = min(ks.min(), real), max(ks.max(), real)
+    pad = 0.15 * (hi - lo) + 1.0
+    bins = np.linspace(lo - pad, hi + pad, max(8, min(40, 2 * len(ks))))
+    ax.hist(ks, bins=bins, density=True, color="tab:blue", alpha=0.45,
+            label=f"fake SM databases (N = {len(ks)})")
+    if report["p_value_kde"] is not None:
+        grid = np.linspace(bins[0], bins[-1], GRID_POINTS)
+        density = stats.gaussian_kde(ks)(grid)
+        ax.plot(grid, density, color="tab:blue", label="kernel density estimate")
+        tail = grid >= real
+        ax.fill_between(grid[tail], density[tail], color="tab:red", alpha=0.3)
+    ax.axvline(real, color="tab:red", lw=2, label=f"real data: K = {real:.2f}")
+    text = (f"p = {report['n_at_or_above']}/{report['n_fakes']} = {report['p_value']:.2f} "
+            f"± {report['p_value_error']:.2f}")
+    if report["p_value_kde"] is not None:
+        text += f"\nKDE: p = {report['p_value_kde']:.3f}"
+    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    ax.set_xlabel("best K of a run")
+    ax.set_ylabel("density")
+    ax.set_title("Global p-value: best K under the Standard Model")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    _save(fig, Path(path))
+    return Path(path)

@@ -293,7 +293,8 @@ def _versions(db) -> Dict[str, Any]:
     from . import __version__
     return {"protomodels": __version__, "smodels": installation.version(),
             "database": db.version if db else None, "database_sha256": db.sha256 if db else None,
-            "database_path": db.path if db else None}
+            "database_path": db.path if db else None,
+            "database_fake": db.fake if db else None}
 
 
 def _interrupt(signum, frame):
