@@ -195,14 +195,10 @@ def generate(out: str | Path, seed: int, base: Optional[str] = None,
              inject: Optional[str | Path] = None, fudge: float = 1.0,
              noise: str = "poisson") -> Dict[str, Any]:
     """Draw a fake database from ``base`` (default: the shared database) into ``out``."""
-    from . import __version__, database
+    from . import database
     from .slha import read_slha
 
     out = Path(out)
-    if noise not in NOISES:
-        raise DatabaseError(f"noise {noise!r}: expected one of {', '.join(NOISES)}")
-    if not (fudge > 0 and np.isfinite(fudge)):
-        raise DatabaseError(f"fudge {fudge!r}: expected a positive number")
     if (out / RECORD).exists():
         raise DatabaseError(f"{out / RECORD}: a fake database already exists there; "
                             "choose another --out")
@@ -214,6 +210,27 @@ def generate(out: str | Path, seed: int, base: Optional[str] = None,
         model_text = to_slha(model, effective_xsecs(model))
     t0 = time.perf_counter()
     db = database.load(base)
+    record = draw(db, seed, fudge=fudge, noise=noise, model_text=model_text,
+                  model_file=None if inject is None else str(inject))
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / RECORD, record)
+    logger.info("fake database %s: %d signal regions, %d UL maps, %d pyhf regions in %.1f s",
+                out, len(record["efficiency_maps"]), len(record["upper_limit_maps"]),
+                len(record["pyhf"]), record["seconds"])
+    return record
+
+
+def draw(db, seed: int, fudge: float = 1.0, noise: str = "poisson",
+         model_text: Optional[str] = None, model_file: Optional[str] = None) -> Dict[str, Any]:
+    """The record of a fake database drawn from the loaded (real) database ``db``; ``db``
+    itself is not changed."""
+    from . import __version__, database
+
+    if noise not in NOISES:
+        raise DatabaseError(f"noise {noise!r}: expected one of {', '.join(NOISES)}")
+    if not (fudge > 0 and np.isfinite(fudge)):
+        raise DatabaseError(f"fudge {fudge!r}: expected a positive number")
     if db.fake:
         raise DatabaseError(f"{db.path}: a fake database cannot be the base of another")
     record: Dict[str, Any] = {
@@ -230,17 +247,11 @@ def generate(out: str | Path, seed: int, base: Optional[str] = None,
     ul_signals: List[Dict[str, Any]] = []
     if model_text is not None:
         events, ul_signals = signal_predictions(model_text, db.smodels)
-        record["injected"] = {"file": str(inject), "slha": model_text,
+        record["injected"] = {"file": model_file, "slha": model_text,
                               "signal_events": round(sum(events.values()), 6)}
     record["efficiency_maps"] = _draw_efficiency_maps(db.smodels, seed, fudge, noise, events)
     record["upper_limit_maps"] = _draw_ul_maps(db.smodels, seed, noise, ul_signals)
     record["pyhf"] = _pyhf_observations(db.smodels, record["efficiency_maps"])
-    record["seconds"] = round(time.perf_counter() - t0, 2)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RECORD, record)
-    logger.info("fake database %s: %d signal regions, %d UL maps, %d pyhf regions in %.1f s",
-                out, len(record["efficiency_maps"]), len(record["upper_limit_maps"]),
-                len(record["pyhf"]), record["seconds"])
     return record
 
 

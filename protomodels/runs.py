@@ -124,7 +124,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     """Run (or continue) one walker for ``steps`` more steps.
 
     Ctrl-C (KeyboardInterrupt) ends the walker after a checkpoint of its last step.
-    Accepted states are merged into ``hiscores`` at every checkpoint.
+    The start and every accepted state are merged into ``hiscores`` at every checkpoint.
     """
     store = WalkerStore(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -143,7 +143,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         store.truncate_history(0)
         store.save_checkpoint(0, model, record, rng)
     records: Dict[int, Dict[str, Any]] = {}
-    candidates: List[Dict[str, Any]] = []
+    candidates: List[Dict[str, Any]] = [] if resume else [_candidate(record, walker, 0, model)]
 
     def scored(candidate: ProtoModel) -> float:
         result = score(candidate)
@@ -166,9 +166,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
                            temperature=temperature, first_step=first):
             if step.accepted:
                 record = records[id(step.model)]
-                candidates.append({"K": record["K"], "walker": walker, "step": step.step,
-                                   **{k: v for k, v in record.items() if k != "K"},
-                                   "model": step.model.to_dict()})
+                candidates.append(_candidate(record, walker, step.step, step.model))
             records.clear()
             store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
                           **record, "model": step.model.to_dict()})
@@ -187,6 +185,12 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         store.truncate_history(last[2])
         checkpoint(*last)
         raise
+
+
+def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel) -> Dict[str, Any]:
+    """A visited state as a hiscore entry (the start, step 0, counts as visited)."""
+    return {"K": record["K"], "walker": walker, "step": step,
+            **{k: v for k, v in record.items() if k != "K"}, "model": model.to_dict()}
 
 
 def update_hiscores(path: Path, candidates: List[Dict[str, Any]]) -> None:
