@@ -243,6 +243,14 @@ def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_eve
         sys.exit(130)
 
 
+def _run_database(run_dir: Path) -> Optional[str]:
+    """The database a run used (e.g. a fake one), so that show and plot re-evaluate on it."""
+    try:
+        return json.loads((run_dir / "run.json").read_text())["config"].get("database")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _entries(run_dir: Path):
     from . import hiscores
     entries = hiscores.read(run_dir / "hiscores.json")
@@ -276,7 +284,8 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
 @click.option("--slha", "slha_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the best-fit model as SLHA here.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-@database_option
+@click.option("--database", "database_path", default=None, metavar="PATH",
+              help="Database to re-evaluate on [default: the run's own].")
 @_handle_errors
 def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> None:
     """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
@@ -295,7 +304,7 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> No
     xsecs = effective_xsecs(model)
     if slha_out:
         write_slha(model, xsecs, Path(slha_out))
-    db = database.load(database_path)
+    db = database.load(database_path or _run_database(run_dir))
     result = sig.evaluate(model, db)
     report = significance_report(result, db, run_dir / f"hiscores/rank-{rank}.slha")
     report["model"] = model.to_dict()
@@ -317,7 +326,8 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> No
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@database_option
+@click.option("--database", "database_path", default=None, metavar="PATH",
+              help="Database to re-evaluate on [default: the run's own].")
 @_handle_errors
 def plot(run_dir: Path, out_dir: Path, database_path) -> None:
     """PNGs: K trace per walker, mass spectra of the best models, and the best model's
@@ -328,7 +338,7 @@ def plot(run_dir: Path, out_dir: Path, database_path) -> None:
 
     entry = _entries(run_dir)[0]
     model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
-    result = sig.evaluate(model, database.load(database_path))
+    result = sig.evaluate(model, database.load(database_path or _run_database(run_dir)))
     members = []
     for m in result.combination:
         p = m.prediction

@@ -400,6 +400,11 @@ def format_description(report: Dict[str, Any]) -> str:
     ]
     for kind, values in report["counts"].items():
         lines.append(f"  by {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(values.items())))
+    if report.get("fake"):
+        fake = report["fake"]
+        lines.append(f"  FAKE database {fake['record']}: seed {fake['seed']}, noise {fake['noise']}, "
+                     f"fudge {fake['fudge']}" + (f", injected {fake['injected']}" if fake["injected"] else "")
+                     + f", base sha256 {str(fake['base_sha256'])[:16]}...")
     lines.append(f"  combined (covariance or pyhf): {len(report['combinable'])}")
     lines.append(f"  superseded (not used by default): {len(report['superseded'])}")
     if report["overrides"]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 import logging
 import time
@@ -260,7 +261,6 @@ def _draw_efficiency_maps(smodels_db, seed: int, fudge: float, noise: str,
     from smodels.base.physicsUnits import fb
 
     rows = []
-    limits = _UpperLimits()
     for er in sorted(smodels_db.expResultList, key=lambda e: e.globalInfo.id):
         if not _is_em(er):
             continue
@@ -277,7 +277,7 @@ def _draw_efficiency_maps(smodels_db, seed: int, fudge: float, noise: str,
             row.update({"analysis": analysis, "dataset": ds.getID(), "signal": s,
                         "n_signal": n_s, "n_obs": n_obs, "n_obs_real": _number(info.observedN),
                         "upper_limit_fb_real": ul_real,
-                        "upper_limit_fb": limits.fake(ul_real, n_obs, info, lumi)})
+                        "upper_limit_fb": fake_upper_limit(ul_real, n_obs, info, lumi)})
             rows.append(row)
     return rows
 
@@ -287,36 +287,31 @@ def _number(value) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-class _UpperLimits:
-    """Observed EM limits (fb) for a redrawn count, memoised by (n, b, db)."""
+@functools.lru_cache(maxsize=100_000)
+def upper_limit_events(n: float, b: float, db: float) -> Optional[float]:
+    """95% CL upper limit on signal events of one region (SModelS' simplified likelihood,
+    no signal uncertainty); a pure function, memoised across fakes."""
+    from smodels.statistics.simplifiedLikelihoods import (Data, LikelihoodComputer,
+                                                          UpperLimitComputer)
+    data = Data(n, b, db ** 2, nsignal=[1.0], deltas_rel=0.0)
+    try:
+        return UpperLimitComputer(LikelihoodComputer(data)).getUpperLimitOnMu()
+    except Exception as error:  # SModelS' root finding can fail on odd inputs
+        logger.warning("upper limit for n=%s b=%s db=%s failed: %s", n, b, db, error)
+        return None
 
-    def __init__(self) -> None:
-        self.memo: Dict[Tuple[float, float, float], Optional[float]] = {}
 
-    def events(self, n: float, b: float, db: float) -> Optional[float]:
-        from smodels.statistics.simplifiedLikelihoods import (Data, LikelihoodComputer,
-                                                              UpperLimitComputer)
-        key = (float(n), float(b), float(db))
-        if key not in self.memo:
-            data = Data(key[0], key[1], key[2] ** 2, nsignal=[1.0], deltas_rel=0.0)
-            try:
-                self.memo[key] = UpperLimitComputer(LikelihoodComputer(data)).getUpperLimitOnMu()
-            except Exception as error:  # SModelS' root finding can fail on odd inputs
-                logger.warning("upper limit for n=%s b=%s db=%s failed: %s", *key, error)
-                self.memo[key] = None
-        return self.memo[key]
-
-    def fake(self, ul_real: Optional[float], n_obs: float, info, lumi: float) -> Optional[float]:
-        if ul_real is None:
-            return None
-        b, db = float(info.expectedBG), float(info.bgError)
-        new = self.events(n_obs, b, db)
-        old = self.events(float(info.observedN), b, db)
-        if new is None:
-            return None
-        if old:
-            return ul_real * new / old
-        return new / lumi
+def fake_upper_limit(ul_real: Optional[float], n_obs: float, info, lumi: float) -> Optional[float]:
+    """The observed limit (fb) of a region whose count became ``n_obs``: the published one
+    times UL(n_obs)/UL(n_real), so that an unchanged count keeps the published number."""
+    if ul_real is None:
+        return None
+    b, db = float(info.expectedBG), float(info.bgError)
+    new = upper_limit_events(float(n_obs), b, db)
+    old = upper_limit_events(float(info.observedN), b, db)
+    if new is None:
+        return None
+    return ul_real * new / old if old else new / lumi
 
 
 def _draw_ul_maps(smodels_db, seed: int, noise: str,

@@ -202,3 +202,23 @@ def test_bad_input_is_refused_and_nothing_is_lost(fakes, subset_dir, tmp_path):
     (copy / fakedb.RECORD).write_text(json.dumps(record))
     with pytest.raises(DatabaseError, match="SRnowhere"):
         database.load(str(copy))
+
+
+def test_fakedb_command(subset_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from protomodels.cli import cli
+
+    out = tmp_path / "db1"
+    args = ["fakedb", "--seed", "1", "--out", str(out), "--database", str(subset_dir), "--json"]
+    result = CliRunner().invoke(cli, args, obj={})
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["seed"] == 1 and summary["signal_regions_changed"] > 0
+    assert summary["pyhf_regions"] > 0 and summary["ul_maps_shifted"] > 0
+    before = (out / fakedb.RECORD).read_bytes()
+    again = CliRunner().invoke(cli, args, obj={})
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert (out / fakedb.RECORD).read_bytes() == before  # nothing lost
+    info = CliRunner().invoke(cli, ["database", "info", "--database", str(out)], obj={})
+    assert info.exit_code == 0 and "FAKE database" in info.stdout and "seed 1" in info.stdout
