@@ -135,7 +135,8 @@ def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
         "schema": SCHEMA_VERSION,
         "protomodels_version": __version__,
         "file": str(slha_file),
-        "database": {"path": db.path, "version": db.version, "sha256": db.sha256},
+        "database": {"path": db.path, "version": db.version, "sha256": db.sha256,
+                     "fake": db.fake},
         "K": result.K, "TL": result.TL, "prior": {"two_ln_prior": result.log_prior,
                                                   **result.prior_terms},
         "mu_hat": result.mu_hat,
@@ -155,7 +156,9 @@ def format_significance(report: Dict[str, Any]) -> str:
 
     prior = report["prior"]
     lines = [
-        f"{report['file']}  (database {report['database']['version']})",
+        f"{report['file']}  (database {report['database']['version']}"
+        + (f", FAKE {report['database']['path']} seed {report['database']['fake']['seed']}"
+           if report["database"].get("fake") else "") + ")",
         f"  K      = {report['K']:.3f}",
         f"  TL     = {report['TL']:.3f}    2 ln prior = {prior['two_ln_prior']:.3f} "
         f"(particles {prior['particles']}, BRs {prior['brs']}, multipliers {prior['ssms']})",

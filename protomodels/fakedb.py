@@ -88,14 +88,15 @@ def draw_background(expresult, seed: int, fudge: float = 1.0,
     datasets = {ds.getID(): ds for ds in expresult.datasets}
     info = expresult.globalInfo
     if hasattr(info, "covariance") and hasattr(info, "datasetOrder"):
+        position = {name: i for i, name in enumerate(info.datasetOrder)}
+        matrix = np.asarray(info.covariance, dtype=float)
         order = [d for d in info.datasetOrder if d in datasets]
         order += sorted(set(datasets) - set(order))
         b = np.array([float(datasets[d].dataInfo.expectedBG) for d in order])
-        cov = np.zeros((len(order), len(order)))
-        known = len(info.datasetOrder)
-        cov[:known, :known] = np.asarray(info.covariance, dtype=float)[:known, :known]
-        for i in range(known, len(order)):  # regions outside the matrix: their own error
-            cov[i, i] = float(datasets[order[i]].dataInfo.bgError) ** 2
+        cov = np.diag([float(datasets[d].dataInfo.bgError) ** 2 for d in order])
+        inside = [i for i, d in enumerate(order) if d in position]  # the rest: own error
+        rows = [position[order[i]] for i in inside]
+        cov[np.ix_(inside, inside)] = matrix[np.ix_(rows, rows)]
         drawn = (b if noise == "fixed"
                  else rng.multivariate_normal(b, fudge ** 2 * cov, method="eigh"))
         pairs = list(zip(order, b, np.sqrt(np.diag(cov)), drawn))
