@@ -44,7 +44,9 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     config = dict(run.get("config", {}))
     config["steps"] = sum(s.get("steps", 0) for s in run.get("segments", [])) or config.get("steps")
     best = max(entries, key=lambda e: e["K"])
-    return {"run": str(run_dir), "best_K": float(best["K"]),
+    walkers = sorted(run_dir.glob("walker-*/checkpoint.json"))
+    done = min((json.loads(c.read_text()).get("step", 0) for c in walkers), default=None)
+    return {"run": str(run_dir), "best_K": float(best["K"]), "steps_done": done,
             "particles": sorted(best["model"]["masses"]),
             "masses": best["model"]["masses"], "config": config,
             "fake": run.get("versions", {}).get("database_fake")}
@@ -92,6 +94,10 @@ def compare_runs(real_run: str | Path, fake_runs: Sequence[str | Path]) -> Dict[
             warnings.append(f"{fake['run']} differs from {real['run']} in "
                             + ", ".join(f"{k} ({fake['config'].get(k)} vs {real['config'].get(k)})"
                                         for k in differ))
+    for run in [real] + fakes:
+        if run["steps_done"] is not None and run["steps_done"] < run["config"]["steps"]:
+            warnings.append(f"{run['run']} is unfinished: {run['steps_done']} of "
+                            f"{run['config']['steps']} steps")
     for text in warnings:
         logger.warning("%s", text)
     report = {"schema": SCHEMA, "real": real, "fakes": fakes, "warnings": warnings}
