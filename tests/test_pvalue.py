@@ -64,6 +64,11 @@ def test_report_warns_about_unfair_comparisons(tmp_path):
     report = pvalue.compare_runs(real, fakes + odd)
     assert len(report["warnings"]) == 2
     assert "real database" in report["warnings"][0] and "steps (50 vs 200)" in report["warnings"][1]
+    unfinished = _run(tmp_path / "unfinished", 0.0, fake=True)
+    (unfinished / "walker-0").mkdir()
+    (unfinished / "walker-0" / "checkpoint.json").write_text(json.dumps({"step": 120}))
+    report = pvalue.compare_runs(real, fakes + [unfinished])
+    assert report["warnings"] == [f"{unfinished} is unfinished: 120 of 200 steps"]
     with pytest.raises(RunError, match="not a run directory"):
         pvalue.compare_runs(tmp_path / "nothing", fakes)
 
