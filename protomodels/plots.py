@@ -337,11 +337,13 @@ def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
         tail = grid >= real
         ax.fill_between(grid[tail], density[tail], color="tab:red", alpha=0.3)
     ax.axvline(real, color="tab:red", lw=2, label=f"real data: K = {real:.2f}")
+    lo, hi = report["p_value_interval_68"]
     text = (f"p = {report['n_at_or_above']}/{report['n_fakes']} = {report['p_value']:.2f} "
-            f"± {report['p_value_error']:.2f}")
+            f"(68% CL {lo:.2f}-{hi:.2f})")
     if report["p_value_kde"] is not None:
         text += f"\nKDE: p = {report['p_value_kde']:.3f}"
-    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    ax.text(0.98, 0.97, text, transform=ax.transAxes, ha="right", va="top", fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "0.8", "alpha": 0.9})
     ax.set_xlabel("best K of a run")
     ax.set_ylabel("density")
     ax.set_title("Global p-value: best K under the Standard Model")
