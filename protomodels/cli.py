@@ -74,6 +74,10 @@ database_option = click.option(
     help="SModelS database: tarball, text folder, .pcl or URL "
          "[default: $PROTOMODELS_DATABASE, else ../shared/smodels-database-3.0.0.tar.xz].")
 
+run_database_option = click.option(
+    "--database", "database_path", default=None, metavar="PATH",
+    help="Database to re-evaluate on [default: the run's own].")
+
 
 def _parse_sqrts(_ctx, _param, value: str):
     try:
@@ -287,8 +291,7 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
 @click.option("--slha", "slha_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the best-fit model as SLHA here.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-@click.option("--database", "database_path", default=None, metavar="PATH",
-              help="Database to re-evaluate on [default: the run's own].")
+@run_database_option
 @_handle_errors
 def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> None:
     """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
@@ -329,8 +332,7 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> No
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--database", "database_path", default=None, metavar="PATH",
-              help="Database to re-evaluate on [default: the run's own].")
+@run_database_option
 @_handle_errors
 def plot(run_dir: Path, out_dir: Path, database_path) -> None:
     """PNGs: K trace per walker, mass spectra of the best models, and the best model's

@@ -436,8 +436,8 @@ def apply(smodels_db, record: Dict[str, Any], where: Path | str = RECORD) -> Non
 
     results = {(er.globalInfo.id, _is_em(er)): er for er in smodels_db.expResultList}
 
-    def find(row: Dict[str, Any], what: str):
-        er = results.get((row.get("analysis"), what != "upper_limit_maps"))
+    def find(row: Dict[str, Any], what: str, em: bool = True):
+        er = results.get((row.get("analysis"), em))
         if er is None:
             raise DatabaseError(f"{where}: {what} names analysis {row.get('analysis')!r}, "
                                 "which the base database does not have")
@@ -457,7 +457,7 @@ def apply(smodels_db, record: Dict[str, Any], where: Path | str = RECORD) -> Non
             elif hasattr(info, "upperLimit") and row.get("upper_limit_fb_real") is not None:
                 del info.upperLimit  # a limit that could not be recomputed is not kept stale
         for row in record["upper_limit_maps"]:
-            er = find(row, "upper_limit_maps")
+            er = find(row, "upper_limit_maps", em=False)
             txname = {t.txName: t for t in er.datasets[0].txnameList}.get(row["txname"])
             if txname is None:
                 raise DatabaseError(f"{where}: upper_limit_maps names map {row['txname']!r} of "

@@ -319,7 +319,7 @@ def plot_run(run_dir: Path, out_dir: Path,
 def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
     """The fakes' best-K distribution (histogram and kernel density estimate) with the
     real best K marked and both p-values written on the plot."""
-    from scipy import stats
+    from .pvalue import fake_density
 
     ks = np.array([f["best_K"] for f in report["fakes"]], dtype=float)
     real = report["real"]["best_K"]
@@ -332,7 +332,7 @@ def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
             label=f"fake SM databases (N = {len(ks)})")
     if report["p_value_kde"] is not None:
         grid = np.linspace(bins[0], bins[-1], GRID_POINTS)
-        density = stats.gaussian_kde(ks)(grid)
+        density = fake_density(ks)(grid)
         ax.plot(grid, density, color="tab:blue", label="kernel density estimate")
         tail = grid >= real
         ax.fill_between(grid[tail], density[tail], color="tab:red", alpha=0.3)

@@ -52,6 +52,14 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
             "fake": run.get("versions", {}).get("database_fake")}
 
 
+def fake_density(ks: Sequence[float]):
+    """The kernel density estimate of the fakes' best K (Gaussian, Scott's bandwidth),
+    used for the p-value and its plot alike."""
+    from scipy import stats
+
+    return stats.gaussian_kde(np.asarray(ks, dtype=float))
+
+
 def global_pvalue(real_k: float, fake_ks: Sequence[float]) -> Dict[str, Any]:
     """p = #(fake K >= real K) / N with binomial errors, and the KDE tail probability."""
     from scipy import stats
@@ -71,7 +79,7 @@ def global_pvalue(real_k: float, fake_ks: Sequence[float]) -> Dict[str, Any]:
         "p_value_kde": None, "kde_bandwidth": None,
     }
     if n >= 2 and np.ptp(ks) > 0:
-        kde = stats.gaussian_kde(ks)
+        kde = fake_density(ks)
         result["p_value_kde"] = float(kde.integrate_box_1d(real_k, np.inf))
         result["kde_bandwidth"] = float(np.sqrt(kde.covariance[0, 0]))
     return result
