@@ -4,7 +4,8 @@ One run measures, side by side:
 
 - (a) the straightforward pipeline per model: SModelS decomposition,
   ``theoryPredictionsFor`` with combined results, both upper limits of every prediction
-  and its SModelS likelihood at the mu values our combiner samples;
+  and its SModelS likelihood at the mu values our combiner samples, all with SModelS'
+  own nuisance profile;
 - (b) the project's full evaluation (K, TL, combination, critic) with empty caches;
 - (c) walker steps as they happen in a run (proposal and evaluation, warm caches), in
   forked walkers like ``protomodels walk``, by move type, with each walker's memory;
@@ -33,6 +34,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import nuisance
 from .database import ExperimentalDatabase
 from .model import ProtoModel
 from .moves import Space, default_moves
@@ -239,9 +241,10 @@ def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 
     per_model = []
     for i, model in enumerate(chosen):
         _clear_caches(db)
-        t0 = time.perf_counter()
-        smodels_pipeline(model, smodels_db)
-        a = time.perf_counter() - t0
+        with nuisance.original_profile():  # SModelS as it comes
+            t0 = time.perf_counter()
+            smodels_pipeline(model, smodels_db)
+            a = time.perf_counter() - t0
         _clear_caches(db)
         t0 = time.perf_counter()
         evaluated = significance.evaluate(model, db)

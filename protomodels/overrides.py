@@ -1,6 +1,12 @@
 """Project corrections applied to the loaded database (documented in database/README.md).
 
-Only metadata and caching: nothing here changes a number of the database.
+Metadata, caching and one numerical method; nothing here changes a number of the
+database.
+
+Nuisance profile.  SModelS profiles the nuisances of its simplified likelihoods with two
+general-purpose minimisers per call; ``nuisance.install`` solves the same convex problem
+exactly by Newton's method (about 5x faster evaluations; likelihoods agree to 1e-9,
+see ``protomodels/nuisance.py``).
 
 Interpolation cache.  SModelS memoises its efficiency and upper-limit map lookups
 (``TxNameData.getValueFor``: a Delaunay interpolation, up to several ms each, with the
@@ -22,6 +28,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any, Dict, List
+
+from . import nuisance
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +83,9 @@ def apply_overrides(db: Any) -> None:
     enlarge_interpolation_cache()
     if not any(item.startswith("interpolation cache") for item in done):
         done.append(f"interpolation cache of {INTERPOLATION_CACHE} entries")
+    nuisance.install()
+    if "exact nuisance profile" not in done:
+        done.append("exact nuisance profile")
     for expresult in db.expResultList:
         for item in fix_pyhf_region_names(expresult):
             logger.debug("pyhf channels matched by order for %s", item)
