@@ -5,7 +5,7 @@ One run measures, side by side:
 - (a) the straightforward pipeline per model: SModelS decomposition,
   ``theoryPredictionsFor`` with combined results, both upper limits of every prediction
   and its SModelS likelihood at the mu values our combiner samples, all with SModelS'
-  own nuisance profile;
+  own code where the project's overrides replace it (``overrides.smodels_as_shipped``);
 - (b) the project's full evaluation (K, TL, combination, critic) with empty caches;
 - (c) walker steps as they happen in a run (proposal and evaluation, warm caches), in
   forked walkers like ``protomodels walk``, by move type, with each walker's memory;
@@ -34,10 +34,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from . import nuisance
 from .database import ExperimentalDatabase
 from .model import ProtoModel
 from .moves import Space, default_moves
+from .overrides import smodels_as_shipped
 from .predictor import NLL_SAMPLES, Selection, effective_xsecs
 from .runs import physics_score, start_model
 from .slha import to_slha
@@ -241,7 +241,7 @@ def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 
     per_model = []
     for i, model in enumerate(chosen):
         _clear_caches(db)
-        with nuisance.original_profile():  # SModelS as it comes
+        with smodels_as_shipped():
             t0 = time.perf_counter()
             smodels_pipeline(model, smodels_db)
             a = time.perf_counter() - t0

@@ -92,3 +92,35 @@ def test_injection_closure(full_db, tmp_path):
     assert found["injected"].K > 15 and found["injected"].K > found["sm"].K + 10
     assert 0.8 < found["injected"].mu_hat < 1.2
     assert found["injected"].r_max < 1
+
+
+def test_benchmark_models_keep_smodels_numbers(full_db):
+    """The benchmark's 20 models give the same K (1e-6) and r (1e-5: SModelS' own root
+    search of a combined limit stops at a relative 1e-3) with the project's faster SModelS
+    internals as with SModelS' own code."""
+    from protomodels.bench import benchmark_models
+    from protomodels.overrides import smodels_as_shipped
+
+    def numbers():
+        out = []
+        for model in benchmark_models(20, seed=1):
+            full_db.statistics.clear()
+            result = significance.evaluate(model, full_db)
+            out.append((result.K, result.r_max,
+                        {(p.analysis_id, p.dataset_id): p.r_obs for p in result.predictions
+                         if p.r_known}))
+        full_db.statistics.clear()
+        return out
+
+    fast = numbers()
+    with smodels_as_shipped():
+        shipped = numbers()
+    assert any(k != 0 for k, _, _ in shipped)
+    for (k, r_max, rs), (k0, r_max0, rs0) in zip(fast, shipped):
+        assert k == pytest.approx(k0, rel=1e-6, abs=1e-12)
+        assert r_max == pytest.approx(r_max0, rel=1e-5)
+        assert rs.keys() == rs0.keys()
+        for key, r in rs0.items():
+            assert (rs[key] is None) == (r is None), key
+            if r is not None:
+                assert rs[key] == pytest.approx(r, rel=1e-5), key
