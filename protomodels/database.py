@@ -280,6 +280,8 @@ def load(path: Optional[str] = None) -> ExperimentalDatabase:
         _build_binary(text_dir, pcl, source, digest)
         manifest = json.loads(pcl.with_suffix(".json").read_text())
         pcl_source = str(pcl)
+    from .overrides import apply_overrides, fast_sms_dictionary
+    fast_sms_dictionary()  # used while SModelS makes the database object
     try:
         with _quiet_smodels():
             db = Database(pcl_source)
@@ -290,7 +292,6 @@ def load(path: Optional[str] = None) -> ExperimentalDatabase:
     if not db.expResultList:
         raise DatabaseError(f"{pcl_source}: 0 results loaded (a corrupt or empty binary "
                             "database, or a path with a hidden folder)")
-    from .overrides import apply_overrides
     apply_overrides(db)
     seconds = time.perf_counter() - t0
     logger.info("database %s loaded in %.1f s: %d results", pcl_source, seconds,

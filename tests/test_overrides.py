@@ -65,3 +65,34 @@ def test_same_attributes_is_dict_equality_without_the_skipped_keys():
     assert not overrides._same_attributes({"mass": 2.0 * GeV, "isSM": False}, wanted)
     nan = float("nan")
     assert overrides._same_attributes({"w": nan}, {"w": nan})  # the same object: equal
+
+
+def _sms_dict_shape(sms_dict):
+    """Everything of an ExpSMSDict, its unique SMS named by position."""
+    index = {sms: i for i, sms in enumerate(sms_dict.getSMS())}
+    unique = [(str(sms), [(id(tx), label) for tx, label in sms_dict[sms].items()])
+              for sms in sms_dict.getSMS()]
+    by_tx = [(id(tx), {label: index[sms] for label, sms in sms_dict[tx].items()})
+             for tx in sms_dict.getTx()]
+    nodes = [(id(tx), value) for tx, value in sms_dict._nodesDict.items()]
+    return unique, by_tx, nodes
+
+
+def test_sms_dictionary_equals_smodels_own(subset_db):
+    """Built and filtered (to the 13 TeV results) with hashed lookups, SModelS' map of
+    unique SMS is the one its own code builds."""
+    from smodels.experiment.expSMSDict import ExpSMSDict
+
+    results = subset_db.smodels.expResultList
+    selected = [e for e in results if e.globalInfo.sqrts.asNumber() > 10]
+    assert ExpSMSDict.filter is overrides._filter
+    fast = ExpSMSDict(results)
+    fast_filtered = fast.filter(selected)
+    with overrides.smodels_as_shipped():
+        assert ExpSMSDict.filter is not overrides._filter
+        shipped = ExpSMSDict(results)
+        shipped_filtered = shipped.filter(selected)
+    assert ExpSMSDict.filter is overrides._filter
+    assert len(shipped) > 20 and 0 < len(shipped_filtered) < len(shipped)
+    assert _sms_dict_shape(fast) == _sms_dict_shape(shipped)
+    assert _sms_dict_shape(fast_filtered) == _sms_dict_shape(shipped_filtered)
