@@ -10,6 +10,7 @@ uninterrupted one.  Every file is written atomically or appended line by line.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -401,6 +402,14 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
             "progress": progress(out, config.walkers)}
 
 
+def freeze_before_fork() -> None:
+    """Take every object alive now (the loaded database: millions of them) out of the
+    garbage collector's reach, so that forked walkers neither scan it in their full
+    collections nor copy its pages by writing the collector's bookkeeping into them."""
+    gc.collect()
+    gc.freeze()
+
+
 def _run_forked(out: Path, seeds, score: Score, space: Space, config: WalkConfig,
                 resume: bool, report) -> Tuple[List[int], List[int]]:
     """One forked process per walker; (crashed, interrupted) walkers."""
@@ -411,6 +420,7 @@ def _run_forked(out: Path, seeds, score: Score, space: Space, config: WalkConfig
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     context = multiprocessing.get_context("fork")
+    freeze_before_fork()
     processes = [context.Process(target=_walker_process, name=f"walker-{i}",
                                  args=(i, out / f"walker-{i}", seeds[i], score, config.steps, space,
                                        config, resume, out / "hiscores.json"))
