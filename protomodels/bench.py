@@ -39,7 +39,7 @@ from .model import ProtoModel
 from .moves import Space, default_moves
 from .overrides import smodels_as_shipped
 from .predictor import NLL_SAMPLES, Selection, effective_xsecs
-from .runs import freeze_before_fork, physics_score, start_model
+from .runs import freeze_before_fork, one_blas_thread, physics_score, start_model
 from .slha import to_slha
 from .walker import sample
 
@@ -168,12 +168,17 @@ def load_time(database: Optional[str], repeats: int = 2) -> Dict[str, Any]:
 
 
 def _walker_child(db, seed: np.random.SeedSequence, steps: int, write_fd: int) -> None:
-    """(c) in a forked process: ``steps`` Metropolis steps, timed, then report as JSON."""
+    """(c) in a forked process: ``steps`` Metropolis steps, timed, then report as JSON.
+    The start model's evaluation is timed too (``start_seconds``): it is the first
+    evaluation of the process, which the steps do not show."""
+    one_blas_thread()
     space = Space()
     score = physics_score(db)
     rng = np.random.Generator(np.random.PCG64(seed))
     model = start_model(rng, space)
+    clock = time.perf_counter()
     K = float(score(model)["K"])
+    start_seconds = time.perf_counter() - clock
     records = []
     clock = time.perf_counter()
     for step in sample(model, K, lambda m: float(score(m)["K"]), default_moves(space), rng, steps):
@@ -181,7 +186,7 @@ def _walker_child(db, seed: np.random.SeedSequence, steps: int, write_fd: int) -
         records.append({"move": step.move, "seconds": now - clock, "accepted": step.accepted,
                         "K": step.K})
         clock = now
-    report = {"steps": records, "memory": memory(),
+    report = {"steps": records, "start_seconds": start_seconds, "memory": memory(),
               "cache": {"hits": db.statistics.hits, "misses": db.statistics.misses}}
     with os.fdopen(write_fd, "w") as pipe:
         json.dump(report, pipe)
@@ -225,6 +230,7 @@ def walker_steps(db: ExperimentalDatabase, walkers: int, steps: int, seed: int) 
         "all": _percentiles(seconds),
         "by_move": {move: _percentiles(v) for move, v in sorted(by_move.items())},
         "acceptance": float(np.mean(accepted)) if accepted else None,
+        "start_seconds": [r["start_seconds"] for r in reports],
         "memory": {"parent_rss_mb": parent.get("rss_mb"),
                    "walkers": [r["memory"] for r in reports],
                    # what N walkers take together: the shared parent plus each one's own pages
@@ -294,6 +300,8 @@ def format_report(result: Dict[str, Any]) -> str:
         f"(c) walker step, warm    median {c['all'].get('median_s', float('nan')):.2f} s  "
         f"p90 {c['all'].get('p90_s', float('nan')):.2f} s  ({c['walkers']} walkers x "
         f"{c['steps_per_walker']} steps, acceptance {c['acceptance'] or 0:.0%})",
+        "    first evaluation in each walker (its start model): "
+        + ", ".join(f"{x:.2f} s" for x in c.get("start_seconds", [])),
     ]
     for move, p in c["by_move"].items():
         lines.append(f"      {move:<12} n={p['n']:<3} median {p['median_s']:.3f} s  "

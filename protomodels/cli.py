@@ -485,6 +485,9 @@ def bench(models: int, steps: int, walkers: int, seed: int, as_json: bool,
 
 
 def main() -> None:  # console-script entry point
+    from .runs import one_blas_thread
+
+    one_blas_thread()
     cli(obj={})
 
 

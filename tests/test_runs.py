@@ -209,3 +209,33 @@ def test_sigterm_to_a_run_checkpoints_every_walker(tmp_path):
     for i in (0, 1):
         done = WalkerStore(out / f"walker-{i}").load_checkpoint()["step"]
         assert len(read_history(out / f"walker-{i}")) == done
+
+
+def test_a_walker_runs_numpy_blas_on_one_thread(tmp_path):
+    """Walkers run one per core; BLAS threads would only spin on our tiny matrices and
+    starve them, so each walker process limits BLAS to one thread (in a child here, to
+    leave the test process as it was)."""
+    import json
+    import os
+
+    import numpy as np
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from threadpoolctl import threadpool_info
+
+            run_walker(tmp_path / "w", np.random.SeedSequence(5), fake_score, 3, SPACE)
+            blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+            with os.fdopen(write_fd, "w") as pipe:
+                json.dump(blas, pipe)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        blas = json.load(pipe)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert blas and all(n == 1 for n in blas)
