@@ -217,15 +217,13 @@ def read_history(folder: Path) -> List[Dict[str, Any]]:
 def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
     """K of a model against the database, with what the history records about it."""
     from . import significance
-    from .combiner import CombinabilityMatrix
     from .exceptions import ProtomodelsError
 
-    matrix = CombinabilityMatrix.load()  # once, before walkers fork (0.7 s of YAML)
+    significance.default_matrix()  # read now, before walkers fork (0.7 s of YAML)
 
     def score(model: ProtoModel) -> Dict[str, Any]:
         try:
-            result = significance.evaluate(model, database, r_limit=r_limit, selection=selection,
-                                           matrix=matrix)
+            result = significance.evaluate(model, database, r_limit=r_limit, selection=selection)
         except ProtomodelsError as error:
             logger.warning("model %s not evaluated (%s): proposal rejected", model.describe(), error)
             return {"K": -math.inf}

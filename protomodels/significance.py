@@ -152,7 +152,7 @@ def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_lim
                            p.analysis_id, p.dataset_id, type(error).__name__, error)
     timings["likelihoods"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    matrix = matrix or _default_matrix()
+    matrix = matrix or default_matrix()
     keys = [ResultKey(p.analysis_id, p.experiment, p.sqrts) for p in nodes]
     graph = combinability_graph(keys, matrix)
     best: Combination = best_combination(curves, graph, scan_max) if nodes else EMPTY
@@ -179,7 +179,9 @@ def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_lim
 _MATRIX: Optional[CombinabilityMatrix] = None
 
 
-def _default_matrix() -> CombinabilityMatrix:
+def default_matrix() -> CombinabilityMatrix:
+    """The published combinability matrices, read once per process (and before a fork,
+    by ``runs.physics_score``, so that walkers share them)."""
     global _MATRIX
     if _MATRIX is None:
         _MATRIX = CombinabilityMatrix.load()
