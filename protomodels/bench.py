@@ -38,7 +38,8 @@ from .database import ExperimentalDatabase
 from .model import ProtoModel
 from .moves import Space, default_moves
 from .overrides import smodels_as_shipped
-from .predictor import NLL_SAMPLES, Selection, effective_xsecs
+from .predictor import NLL_SAMPLES, Selection
+from .xsec import effective_xsecs
 from .runs import freeze_before_fork, one_blas_thread, physics_score, start_model
 from .slha import to_slha
 from .walker import sample

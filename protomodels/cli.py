@@ -74,6 +74,16 @@ database_option = click.option(
     help="SModelS database: tarball, text folder, .pcl or URL "
          "[default: $PROTOMODELS_DATABASE, else ../shared/smodels-database-3.0.0.tar.xz].")
 
+likelihood_option = click.option(
+    "--likelihood", type=click.Choice(["simplified", "full"]), default="simplified",
+    show_default=True,
+    help="Statistical model of pyhf results: 'simplified' (ATLAS' simplified workspace "
+         "where published, else one built from the full workspace, cached) or 'full'.")
+
+run_likelihood_option = click.option(
+    "--likelihood", type=click.Choice(["simplified", "full"]), default=None,
+    help="Statistical model of pyhf results [default: the run's own].")
+
 run_database_option = click.option(
     "--database", "database_path", default=None, metavar="PATH",
     help="Database to re-evaluate on [default: the run's own].")
@@ -100,17 +110,20 @@ def _parse_sqrts(_ctx, _param, value: str):
 @click.option("--analyses", default="*", show_default=True, metavar="PATTERN",
               help="Comma-separated shell patterns on analysis ids, e.g. 'CMS-*,ATLAS-SUSY-2018-*'.")
 @click.option("--superseded", is_flag=True, help="Also use results superseded by newer ones.")
+@likelihood_option
 @database_option
 @_handle_errors
 def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_limit: float,
-                 sqrts, analyses: str, superseded: bool, database_path: Optional[str]) -> None:
+                 sqrts, analyses: str, superseded: bool, likelihood: str,
+                 database_path: Optional[str]) -> None:
     """K, TL, mu_hat and the best combination of the model in SLHA_FILE."""
-    from . import database, significance as sig
+    from . import significance as sig
+    from .loader import load_database
     from .predictor import Selection
     from .slha import read_slha
 
     model = read_slha(slha_file)
-    db = database.load(database_path)
+    db = load_database(database_path, likelihood)
     selection = Selection(sqrts=sqrts, analyses=tuple(a.strip() for a in analyses.split(",")),
                           superseded=superseded)
     t0 = time.perf_counter()
@@ -127,7 +140,8 @@ def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
         return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
                 "sqrts_tev": p.sqrts, "xsec_fb": p.xsec_fb, "ul_obs_fb": p.ul_obs_fb,
                 "ul_exp_fb": p.ul_exp_fb, "r_obs": p.r_obs, "r_exp": p.r_exp,
-                "txnames": p.txnames, **({"note": p.note} if p.note else {})}
+                "txnames": p.txnames, **({"note": p.note} if p.note else {}),
+                **({"likelihood": p.likelihood} if p.likelihood else {})}
 
     members = []
     for m in result.combination:
@@ -141,6 +155,8 @@ def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
         "file": str(slha_file),
         "database": {"path": db.path, "version": db.version, "sha256": db.sha256,
                      "fake": db.fake},
+        "likelihood": db.likelihood,
+        "workspaces": {name: chosen.describe() for name, chosen in sorted(db.likelihoods.items())},
         "K": result.K, "TL": result.TL, "prior": {"two_ln_prior": result.log_prior,
                                                   **result.prior_terms},
         "mu_hat": result.mu_hat,
@@ -169,17 +185,20 @@ def format_significance(report: Dict[str, Any]) -> str:
         f"  mu_hat = {report['mu_hat']:.4g}    mu_max = {num(report['mu_max'], '.4g')} "
         f"(r_limit {report['r_limit']:g}, r_max {report['r_max']:.4g})",
         f"  predictions: {report['n_predictions']} ({report['n_informative']} with a likelihood)",
+        f"  likelihood of pyhf results: {report.get('likelihood') or 'as shipped'}",
         "",
         "best combination:" if report["combination"] else "best combination: none (no excess)",
     ]
     for m in report["combination"]:
         lines.append(f"  {m['analysis_id']:<28} {m['dataset']:<20} {m['type']:<8} "
                      f"{m['sqrts_tev']:>2} TeV  nll(0)={m['nll_0']:.3f}  "
-                     f"nll(mu_hat)={m['nll_mu_hat']:.3f}  TL share {100 * m['tl_share']:.0f}%")
+                     f"nll(mu_hat)={m['nll_mu_hat']:.3f}  TL share {100 * m['tl_share']:.0f}%"
+                     + (f"  [{m['likelihood']}]" if m.get("likelihood") else ""))
     lines += ["", "top r values:", f"  {'analysis':<28} {'dataset':<20} {'type':<8} {'r_obs':>8} {'r_exp':>8}"]
     for p in report["top_r"]:
         lines.append(f"  {p['analysis_id']:<28} {p['dataset'][:20]:<20} {p['type']:<8} "
-                     f"{num(p['r_obs']):>8} {num(p['r_exp']):>8}")
+                     f"{num(p['r_obs']):>8} {num(p['r_exp']):>8}"
+                     + (f"  [{p['likelihood']}]" if p.get("likelihood") else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -194,16 +213,69 @@ def database_group() -> None:
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @click.option("--check-combined", is_flag=True,
               help="Also evaluate every combined result's statistical model (slow).")
+@likelihood_option
 @_handle_errors
 def info(database_path: Optional[str], as_json: bool, output_file: Optional[str],
-         check_combined: bool) -> None:
+         check_combined: bool, likelihood: str) -> None:
     """Which database, its version, and counts by experiment, energy and type."""
     from . import database
+    from .loader import load_database
 
-    db = database.load(database_path)
+    db = load_database(database_path, likelihood)
     report = database.describe(db, check_combined=check_combined)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else database.format_description(report), output_file)
+
+
+@database_group.command()
+@database_option
+@click.option("--validate", is_flag=True,
+              help="Also compare with ATLAS' own simplified workspaces, and simplified with "
+                   "full likelihoods on real signals (slow: minutes to hours).")
+@click.option("--signals", type=click.IntRange(min=1), default=20, show_default=True,
+              help="With --validate: signals per workspace.")
+@click.option("--costly-signals", type=click.IntRange(min=0), default=5, show_default=True,
+              help="With --validate: signals for workspaces whose full fit takes over 10 s.")
+@click.option("--only", default="*", metavar="PATTERN",
+              help="With --validate: comma-separated shell patterns on analysis ids.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.simplify/1).")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@_handle_errors
+def simplify(database_path: Optional[str], validate: bool, signals: int, costly_signals: int,
+             only: str, as_json: bool, output_file: Optional[str]) -> None:
+    """Build (once, cached) the simplified likelihood of every full pyhf workspace that
+    has no published simplified version (ATL-PHYS-PUB-2021-038), and list what each pyhf
+    result uses."""
+    from .statistics import validation
+
+    report = validation.simplify_database(database_path)
+    if validate:
+        report["validation"] = validation.validate(
+            database_path, signals=signals, costly_signals=costly_signals,
+            patterns=tuple(p.strip() for p in only.split(",")))
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else validation.format_report(report), output_file)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--likelihood", type=click.Choice(["simplified", "full"]), default="full",
+              show_default=True, help="Statistical model to re-score with.")
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Only the best N hiscores [default: all].")
+@run_database_option
+@_handle_errors
+def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -> None:
+    """Re-evaluate a run's hiscores with another likelihood (e.g. the full pyhf ones);
+    hiscores and show then give both K values."""
+    from . import rescore as rescoring
+
+    db = _run_database(run_dir, database_path, likelihood)
+    path, rows = rescoring.rescore(run_dir, db, _entries(run_dir)[:top] if top else _entries(run_dir))
+    for row in rows:
+        click.echo(f"rank {row['rank']:>2}: K {row['K_run']:.3f} ({row['likelihood_run']}) -> "
+                   f"{row['K']:.3f} ({likelihood}) in {row['seconds']:.1f} s")
+    click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -223,17 +295,20 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
                    "dask-jobqueue batch system (needs protomodels[cluster]).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="With --cluster local: worker processes; with a batch system: jobs.")
+@click.option("--likelihood", type=click.Choice(["simplified", "full"]), default=None,
+              help="Statistical model of pyhf results [default: simplified; a resumed run "
+                   "keeps its own].")
 @database_option
 @_handle_errors
 def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_every, config_file,
-         cluster, jobs, database_path) -> None:
+         cluster, jobs, likelihood, database_path) -> None:
     """Run Metropolis-Hastings walkers over proto-models (or --resume a run)."""
     from .runs import WalkConfig, load_config, walk as run_walk
 
     values: Dict[str, Any] = load_config(Path(config_file)) if config_file else {}
     flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
              "temperature": temperature, "r_limit": r_limit, "checkpoint_every": checkpoint_every,
-             "database": database_path}
+             "database": database_path, "likelihood": likelihood}
     values.update({k: v for k, v in flags.items() if v is not None})
     if not values.get("out"):
         raise click.UsageError("give --out DIR for a new run, or --resume DIR")
@@ -250,12 +325,13 @@ def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_eve
         sys.exit(130)
 
 
-def _run_database(run_dir: Path) -> Optional[str]:
-    """The database a run used (e.g. a fake one), so that show and plot re-evaluate on it."""
-    try:
-        return json.loads((run_dir / "run.json").read_text())["config"].get("database")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _run_database(run_dir: Path, database_path: Optional[str], likelihood: Optional[str]):
+    """The database to re-evaluate a run's models on: the run's own unless overridden."""
+    from .loader import load_database
+    from .runs import read_run_config
+    config = read_run_config(run_dir)
+    return load_database(database_path or config.get("database"),
+                         likelihood or config["likelihood"])
 
 
 def _entries(run_dir: Path):
@@ -272,16 +348,25 @@ def _entries(run_dir: Path):
 @_handle_errors
 def hiscores_command(run_dir: Path, as_json: bool) -> None:
     """The best distinct models of a run: rank, K, TL, particles and masses, combination."""
+    from . import rescore as rescoring
     from .model import ProtoModel
     entries = _entries(run_dir)
+    from .runs import read_run_config
+    own = read_run_config(run_dir)["likelihood"]
+    others = rescoring.rescored_likelihoods(run_dir, exclude=own)
+    for e in entries:
+        e["K_by_likelihood"] = rescoring.k_values(run_dir, e)
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
-    click.echo(f"{'rank':>4} {'K':>7} {'TL':>7}  {'walker/step':<12} particles (GeV); combination")
+    click.echo(f"ranked by K with the {own} likelihood (the run's own)")
+    click.echo(f"{'rank':>4} {'K':>7} {'TL':>7}  " + "".join(f"{'K ' + o:>14}" for o in others)
+               + f"  {'walker/step':<12} particles (GeV); combination")
     for e in entries:
         model = ProtoModel.from_dict(e["model"])
         combo = ", ".join(f"{c['analysis_id']}:{c['dataset']}" for c in e.get("combination", []))
-        click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  "
+        rescored = "".join(f"{e['K_by_likelihood'].get(o, float('nan')):>14.3f}" for o in others)
+        click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  {rescored}  "
                    f"{e['walker']}/{e['step']:<10} {model.describe()}; {combo or '-'}")
 
 
@@ -291,14 +376,15 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
 @click.option("--slha", "slha_out", type=click.Path(dir_okay=False), default=None,
               help="Also write the best-fit model as SLHA here.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@run_likelihood_option
 @run_database_option
 @_handle_errors
-def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> None:
+def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database_path) -> None:
     """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
     combination and top r values of its best fit (multipliers scaled by mu_hat)."""
-    from . import database, significance as sig
+    from . import rescore as rescoring, significance as sig
     from .model import NAMES, ProtoModel
-    from .predictor import effective_xsecs
+    from .xsec import effective_xsecs
     from .runs import best_fit
     from .slha import write_slha
 
@@ -310,15 +396,18 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> No
     xsecs = effective_xsecs(model)
     if slha_out:
         write_slha(model, xsecs, Path(slha_out))
-    db = database.load(database_path or _run_database(run_dir))
+    db = _run_database(run_dir, database_path, likelihood)
     result = sig.evaluate(model, db)
     report = significance_report(result, db, run_dir / f"hiscores/rank-{rank}.slha")
+    report["K_by_likelihood"] = rescoring.k_values(run_dir, entry)
     report["model"] = model.to_dict()
     report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
     lines = [f"rank {rank} of {run_dir} (walker {entry['walker']}, step {entry['step']})",
+             "K by likelihood: " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                             sorted(report["K_by_likelihood"].items())),
              "masses: " + model.describe()]
     for pid, brs in sorted(model.decays.items()):
         lines.append(f"  {NAMES[pid]} -> " + ", ".join(f"{c} {b:.3f}" for c, b in sorted(brs.items())))
@@ -332,18 +421,19 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, database_path) -> No
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@run_likelihood_option
 @run_database_option
 @_handle_errors
-def plot(run_dir: Path, out_dir: Path, database_path) -> None:
+def plot(run_dir: Path, out_dir: Path, likelihood, database_path) -> None:
     """PNGs: K trace per walker, mass spectra of the best models, and the best model's
     likelihoods vs mu for each member of its combination."""
-    from . import database, plots, significance as sig
+    from . import plots, significance as sig
     from .model import ProtoModel
     from .runs import best_fit
 
     entry = _entries(run_dir)[0]
     model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
-    result = sig.evaluate(model, database.load(database_path or _run_database(run_dir)))
+    result = sig.evaluate(model, _run_database(run_dir, database_path, likelihood))
     members = []
     for m in result.combination:
         p = m.prediction
@@ -442,15 +532,17 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
 @click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
               help="Run each fake's walkers as Dask tasks (see walk --cluster).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None)
+@likelihood_option
 @database_option
 @_handle_errors
 def fakes(count, seed, walkers, steps, out, temperature, r_limit, inject, fudge, noise, cluster,
-          jobs, database_path) -> None:
+          jobs, likelihood, database_path) -> None:
     """Batch: COUNT fake databases and a walker run on each; then
     `protomodels pvalue REAL_RUN OUT/run-*`."""
     from .pvalue import run_fakes, run_summary
 
     options = {k: v for k, v in (("temperature", temperature), ("r_limit", r_limit)) if v is not None}
+    options["likelihood"] = likelihood
     runs = run_fakes(out, count=count, seed=seed, walkers=walkers, steps=steps,
                      base=database_path, inject=inject, fudge=fudge, noise=noise,
                      cluster=cluster, jobs=jobs, walk_options=options)
@@ -469,15 +561,18 @@ def fakes(count, seed, walkers, steps, out, temperature, r_limit, inject, fudge,
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.bench/1).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@likelihood_option
 @database_option
 @_handle_errors
 def bench(models: int, steps: int, walkers: int, seed: int, as_json: bool,
-          output_file: Optional[str], database_path: Optional[str]) -> None:
+          output_file: Optional[str], likelihood: str, database_path: Optional[str]) -> None:
     """Time (a) SModelS' own pipeline, (b) our cold evaluation and (c) warm walker steps
-    on the full database, with load time and memory (see protomodels/bench.py)."""
-    from . import bench as benchmark, database
+    on the full database, with load time and memory, and one CLs evaluation of each pyhf
+    workspace in both likelihoods (see protomodels/bench.py)."""
+    from . import bench as benchmark
+    from .loader import load_database
 
-    db = database.load(database_path)
+    db = load_database(database_path, likelihood)
     result = benchmark.run(db, models=models, seed=seed, steps=steps, walkers=walkers,
                            database=database_path)
     _emit(json.dumps(result, indent=2, sort_keys=True) + "\n" if as_json

@@ -62,8 +62,8 @@ def connect(spec: str, jobs: Optional[int] = None):
 
 def _physics_score(config: Dict[str, Any]) -> Callable:
     """The physics score of this worker process, its database loaded on first use."""
-    key = (config["database"], config["r_limit"], tuple(config["sqrts"]),
-           tuple(config["analyses"]))
+    key = (config["database"], config.get("likelihood"), config["r_limit"],
+           tuple(config["sqrts"]), tuple(config["analyses"]))
     if key not in _SCORES:
         from .runs import WalkConfig, load_physics_score
 

@@ -7,8 +7,10 @@ or ``$PROTOMODELS_CACHE``), our final-state definitions are added as
 ``databaseParticles.py``, and SModelS' binary database is built once into a temporary
 file and renamed into place; a file lock makes concurrent first use safe.  Later loads
 read the binary file directly (seconds).  A path may also be an unpacked text database,
-a ``.pcl`` binary database, an URL SModelS knows how to fetch, or a fake database
-(a folder with ``fakedb.json``, see ``protomodels.fakedb``).
+a ``.pcl`` binary database or an URL SModelS knows how to fetch.  This module loads real
+databases only: ``protomodels.loader.load_database`` is the entry point that also opens
+fake ones (``protomodels.fakedb``) and chooses the pyhf results' statistical models
+(``protomodels.statistics.workspaces``).
 
 SModelS silently skips every folder whose path has a component starting with a dot,
 so a database under e.g. ``~/.cache`` loads zero results: such paths are refused, and
@@ -35,6 +37,7 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .exceptions import DatabaseError
+from .statistics.cache import StatisticsCache
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def locate(path: Optional[str] = None) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lockfile: Path) -> Iterator[None]:
+def file_lock(lockfile: Path) -> Iterator[None]:
     lockfile.parent.mkdir(parents=True, exist_ok=True)
     with open(lockfile, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -111,7 +114,7 @@ def _unpack(tarball: Path, digest: str) -> Path:
     stem = tarball.name.split(".tar")[0]
     target = cache_dir() / f"{stem}-{digest[:12]}"
     text_dir = target / "text"
-    with _locked(cache_dir() / f"{target.name}.lock"):
+    with file_lock(cache_dir() / f"{target.name}.lock"):
         if not (text_dir / "version").is_file():
             logger.info("unpacking %s into %s", tarball, target)
             tmp = Path(tempfile.mkdtemp(prefix=f"unpack-{target.name}-", dir=cache_dir()))
@@ -159,7 +162,7 @@ def _build_binary(text_dir: Path, pcl: Path, source: str, digest: str) -> None:
     """Parse the text database once and write the binary file and its manifest atomically."""
     from smodels.experiment.databaseObj import Database
 
-    with _locked(pcl.with_suffix(".lock")):
+    with file_lock(pcl.with_suffix(".lock")):
         if pcl.is_file() and pcl.with_suffix(".json").is_file():
             return
         _install_particles(text_dir)
@@ -221,7 +224,9 @@ class ExperimentalDatabase:
     load_seconds: float
     manifest: Dict[str, Any] = field(default_factory=dict)
     fake: Optional[Dict[str, Any]] = None  # what a fake database is (see ``fakedb``)
-    statistics: Any = field(default_factory=lambda: _statistics_cache(), repr=False)
+    statistics: StatisticsCache = field(default_factory=StatisticsCache, repr=False)
+    likelihood: Optional[str] = None  # "full" or "simplified" once chosen (``statistics.workspaces``)
+    likelihoods: Dict[str, Any] = field(default_factory=dict, repr=False)  # per pyhf result
 
     @property
     def version(self) -> str:
@@ -230,13 +235,6 @@ class ExperimentalDatabase:
     @property
     def results(self) -> List[Any]:
         return list(self.smodels.expResultList)
-
-
-def _statistics_cache():
-    """The per-process memo of the results' statistics (see ``predictor.StatisticsCache``)."""
-    from .predictor import StatisticsCache  # predictor imports this module
-
-    return StatisticsCache()
 
 
 def binary_path(source: str) -> tuple[Path, Path, str]:
@@ -258,13 +256,12 @@ def binary_path(source: str) -> tuple[Path, Path, str]:
 
 
 def load(path: Optional[str] = None) -> ExperimentalDatabase:
-    """Load the database located by ``locate(path)``, building its binary file if needed."""
+    """Load the real database located by ``locate(path)``, building its binary file if
+    needed, with SModelS' default statistical models (``loader.load_database`` is the
+    entry point for commands).  Raises ``DatabaseError`` naming the path."""
     from smodels.experiment.databaseObj import Database
 
     source = locate(path)
-    from . import fakedb
-    if fakedb.record_path(source) is not None:
-        return fakedb.load(source)
     t0 = time.perf_counter()
     manifest: Dict[str, Any] = {}
     digest = ""

@@ -35,3 +35,7 @@ class CombinerError(ProtomodelsError):
 
 class RunError(ProtomodelsError):
     """A run directory or checkpoint is missing, inconsistent or corrupt."""
+
+
+class WorkspaceError(ProtomodelsError):
+    """A pyhf workspace cannot be read, fitted, simplified or validated."""

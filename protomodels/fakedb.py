@@ -51,6 +51,7 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .exceptions import DatabaseError
+from .statistics.workspaces import DEFAULT_LIKELIHOOD, signal_region_bins, use_likelihood
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def generate(out: str | Path, seed: int, base: Optional[str] = None,
                             "choose another --out")
     model_text = None
     if inject is not None:
-        from .predictor import effective_xsecs
+        from .xsec import effective_xsecs
         from .slha import to_slha
         model = read_slha(inject)  # raises SLHAError naming the file and field
         model_text = to_slha(model, effective_xsecs(model))
@@ -341,42 +342,28 @@ def _draw_ul_maps(smodels_db, seed: int, noise: str,
 
 
 def _pyhf_observations(smodels_db, em_rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Where each pyhf signal region's observation goes, with its fake count."""
-    from smodels.statistics.pyhfInterface import PyhfData
-
+    """Where each pyhf signal region's observation goes in the workspaces in use, with
+    its fake count.  The record keeps the channel for reference; ``apply`` resolves the
+    region again in whichever workspaces are in use then (full or simplified)."""
     counts = {(r["analysis"], r["dataset"]): r["n_obs"] for r in em_rows}
     rows = []
     for er in sorted(smodels_db.expResultList, key=lambda e: e.globalInfo.id):
         info = er.globalInfo
         if not (hasattr(info, "jsonFiles") and hasattr(info, "jsons")):
             continue
-        names = list(info.jsonFiles)
-        nsignals = {name: {r["smodels"]: 0.0 for r in regions
-                           if r.get("smodels") and r.get("type", "SR") == "SR"}
-                    for name, regions in info.jsonFiles.items()}
-        resolved = PyhfData(nsignals, info.jsons, copy.deepcopy(info.jsonFiles)).jsonFiles
-        for index, name in enumerate(names):
+        bins = signal_region_bins(info.jsonFiles, info.jsons,
+                                  bool(getattr(info, "includeCRs", False)))
+        for region, (index, name, channel, bin_index) in sorted(bins.items()):
             channels = {o["name"]: o for o in info.jsons[index]["observations"]}
-            for region in resolved[name]:
-                if region.get("type") != "SR" or not region.get("smodels"):
-                    continue
-                channel, bin_index = _channel_bin(region.get("pyhf") or region["smodels"])
-                key = (info.id, region["smodels"])
-                if channel not in channels or key not in counts:
-                    raise DatabaseError(f"{info.id}: pyhf region {region} of {name} matches "
-                                        "no channel or signal region")
-                rows.append({"analysis": info.id, "workspace": index, "json": name,
-                             "channel": channel, "bin": bin_index, "dataset": region["smodels"],
-                             "n_obs": counts[key],
-                             "n_obs_real": _number(channels[channel]["data"][bin_index])})
+            key = (info.id, region)
+            if channel not in channels or key not in counts:
+                raise DatabaseError(f"{info.id}: pyhf region {region} of {name} matches "
+                                    "no channel or signal region")
+            rows.append({"analysis": info.id, "workspace": index, "json": name,
+                         "channel": channel, "bin": bin_index, "dataset": region,
+                         "n_obs": counts[key],
+                         "n_obs_real": _number(channels[channel]["data"][bin_index])})
     return rows
-
-
-def _channel_bin(name: str) -> Tuple[str, int]:
-    if name.endswith("]") and "[" in name:
-        channel, index = name[:-1].rsplit("[", 1)
-        return channel, int(index)
-    return name, 0
 
 
 # ---------------------------------------------------------------- loading
@@ -398,8 +385,10 @@ def read_record(path: Path) -> Dict[str, Any]:
     return record
 
 
-def load(path: str | Path):
-    """Load the base database and replay the fake's recorded values onto it."""
+def load(path: str | Path, likelihood: str = DEFAULT_LIKELIHOOD):
+    """Load the base database with the pyhf results' ``likelihood`` (see
+    ``statistics.workspaces``) and replay the fake's recorded values onto it; the pyhf
+    counts go into the workspaces in use.  Raises ``DatabaseError`` naming the record."""
     from . import database
 
     record_file = record_path(path)
@@ -415,6 +404,7 @@ def load(path: str | Path):
     if base.get("sha256") and db.sha256 != base["sha256"]:
         raise DatabaseError(f"{record_file}: field 'base.sha256' is {base['sha256'][:16]}..., but "
                             f"the base database {db.source} has {db.sha256[:16] or 'none'}...")
+    use_likelihood(db, likelihood)
     apply(db.smodels, record, record_file)
     db.statistics.clear()
     db.fake = summary(record, record_file)
@@ -472,10 +462,20 @@ def apply(smodels_db, record: Dict[str, Any], where: Path | str = RECORD) -> Non
             fake.y_values = values
             fake._id = f"{source._id}:fake"
             txname.txnameData = fake
+        bins: Dict[str, Dict[str, Tuple[int, str, str, int]]] = {}
         for row in record["pyhf"]:
             er = find(row, "pyhf")
-            workspace = er.globalInfo.jsons[int(row["workspace"])]
-            channel = next(o for o in workspace["observations"] if o["name"] == row["channel"])
-            channel["data"][int(row["bin"])] = row["n_obs"]
+            info = er.globalInfo
+            if info.id not in bins:
+                bins[info.id] = signal_region_bins(info.jsonFiles, info.jsons,
+                                                   bool(getattr(info, "includeCRs", False)))
+            where_to = bins[info.id].get(row["dataset"])
+            if where_to is None:
+                raise DatabaseError(f"{where}: pyhf names region {row['dataset']!r} of "
+                                    f"{info.id}, which its workspaces do not have")
+            index, _, channel_name, bin_index = where_to
+            workspace = info.jsons[index]
+            channel = next(o for o in workspace["observations"] if o["name"] == channel_name)
+            channel["data"][bin_index] = row["n_obs"]
     except (KeyError, TypeError, ValueError, IndexError, StopIteration) as error:
         raise DatabaseError(f"{where}: malformed entry ({type(error).__name__}: {error})") from None

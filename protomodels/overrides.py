@@ -60,13 +60,12 @@ def _channel_names(workspace: Dict[str, Any]) -> set:
     return names
 
 
-def fix_pyhf_region_names(expresult: Any) -> List[str]:
-    """Restore order-based matching for workspaces whose region names are not channels."""
-    info = expresult.globalInfo
-    if not hasattr(info, "jsonFiles") or not hasattr(info, "jsons"):
-        return []
+def restore_order_matching(json_files: Dict[str, List[Dict[str, Any]]],
+                           jsons: List[Dict[str, Any]]) -> List[str]:
+    """Drop the name-equals-channel default of the workspaces (file names, in place) whose
+    signal-region names are not channels, so SModelS matches them by order again."""
     fixed = []
-    for (name, regions), workspace in zip(info.jsonFiles.items(), info.jsons):
+    for (name, regions), workspace in zip(json_files.items(), jsons):
         channels = _channel_names(workspace)
         if all(r.get("pyhf") in channels for r in regions if r.get("type", "SR") == "SR"):
             continue
@@ -74,8 +73,16 @@ def fix_pyhf_region_names(expresult: Any) -> List[str]:
             continue  # an explicit (new-format) mapping: not ours to change
         for region in regions:
             region.pop("pyhf", None)
-        fixed.append(f"{info.id}:{name}")
+        fixed.append(name)
     return fixed
+
+
+def fix_pyhf_region_names(expresult: Any) -> List[str]:
+    """Restore order-based matching for workspaces whose region names are not channels."""
+    info = expresult.globalInfo
+    if not hasattr(info, "jsonFiles") or not hasattr(info, "jsons"):
+        return []
+    return [f"{info.id}:{name}" for name in restore_order_matching(info.jsonFiles, info.jsons)]
 
 
 def enlarge_interpolation_cache(maxsize: int = INTERPOLATION_CACHE) -> bool:

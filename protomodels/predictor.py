@@ -25,16 +25,17 @@ import fnmatch
 import logging
 import math
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, List, Optional, Sequence
+from typing import Any, Hashable, List, Optional, Sequence
 
 from .database import ExperimentalDatabase
+from .statistics.cache import ResultStatistics, StatisticsCache
+from .statistics.workspaces import choice as workspace_choice, tag as workspace_tag
 from .exceptions import PredictionError
 from .likelihood import NllCurve, TabulatedNll, TruncatedGaussian
 from .model import NAMES, ProtoModel
-from .slha import SQRTS, Xsecs, to_slha
-from .xsec import reference_xsecs
+from .slha import SQRTS, to_slha
+from .xsec import effective_xsecs
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ MINMASSGAP_GEV = 5.0
 MAX_MASS_DIST = 0.2  # SModelS' default clustering distance
 NLL_SAMPLES = 14  # grid points per sampled likelihood (plus its minimum)
 LADDER_STEPS = 4  # rungs per factor 2 for the end of a likelihood's sampling grid
-CACHE_SIZE = 20000  # results' statistics kept per process (a few kB each)
 CLS_MARGIN = 0.01  # CLs this close to 0.05 decides nothing: compute the limit
 
 
@@ -57,47 +57,6 @@ def grid_end(mu_max: float) -> float:
     if not (mu_max > 0):
         raise ValueError(f"mu_max must be positive, got {mu_max}")
     return 2.0 ** (math.ceil(LADDER_STEPS * math.log2(mu_max) - 1e-9) / LADDER_STEPS)
-
-
-@dataclass
-class ResultStatistics:
-    """The costly statistics of one result for one signal, filled in as they are asked for."""
-
-    uls: Dict[str, Optional[float]] = field(default_factory=dict)  # "obs"/"exp" UL in fb
-    curves: Dict[float, "TabulatedNll"] = field(default_factory=dict)  # by grid end
-    cls: Dict[float, float] = field(default_factory=dict)  # observed CLs by mu
-    nlls: Dict[float, float] = field(default_factory=dict)  # exact -ln L by mu
-
-
-class StatisticsCache:
-    """LRU of ``ResultStatistics`` keyed by (result, region, rounded signal yields)."""
-
-    def __init__(self, maxsize: int = CACHE_SIZE):
-        self.maxsize = maxsize
-        self._entries: "OrderedDict[Hashable, ResultStatistics]" = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: Optional[Hashable]) -> ResultStatistics:
-        if key is None or self.maxsize <= 0:
-            return ResultStatistics()
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry
-        self.misses += 1
-        entry = self._entries[key] = ResultStatistics()
-        if len(self._entries) > self.maxsize:
-            self._entries.popitem(last=False)
-        return entry
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.hits = self.misses = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 @dataclass
@@ -130,6 +89,7 @@ class Prediction:
     xsec_fb: float  # predicted sigma x eff (x BR)
     txnames: List[str]
     note: str = ""
+    likelihood: str = ""  # pyhf results: which workspaces (full, simplified; see statistics.workspaces)
     theory: Any = field(default=None, repr=False)  # the SModelS TheoryPrediction
     stats: ResultStatistics = field(default_factory=ResultStatistics, repr=False)
     _curve: Optional[NllCurve] = field(default=None, repr=False)  # UL results' own curve
@@ -255,16 +215,6 @@ def _observed_cls(theory, mu: float) -> Optional[float]:
     return limits.CLs(mu, observed)
 
 
-def effective_xsecs(model: ProtoModel) -> Xsecs:
-    """Cross sections (pb) per (sqrts, process) with multipliers applied."""
-    if model.xsecs is not None:
-        base = dict(model.xsecs)
-    else:
-        base = {(s, key): value for s in SQRTS
-                for key, value in reference_xsecs(model.masses, s).items()}
-    return {key: value * model.multiplier(key[1]) for key, value in base.items()}
-
-
 def _smodels_model(slha_text: str):
     from smodels.base.model import Model
     from smodels.base.physicsUnits import GeV
@@ -357,8 +307,9 @@ def _rounded(value: float) -> float:
 
 
 def statistics_key(theory, expresult, kind: str) -> Optional[Hashable]:
-    """What an EM or combined result's statistics depend on: the result and its signal
-    yields (sigma x eff per region, to 12 digits); None for UL results (cheap anyway)."""
+    """What an EM or combined result's statistics depend on: the result, for pyhf results
+    the workspaces in use (``statistics.workspaces.tag``), and its signal yields (sigma x
+    eff per region, to 12 digits); None for UL results (cheap anyway)."""
     from smodels.base.physicsUnits import fb
 
     if kind == "UL":
@@ -368,7 +319,7 @@ def statistics_key(theory, expresult, kind: str) -> Optional[Hashable]:
         return (info_id, theory.dataset.getID(), _rounded(theory.xsection.asNumber(fb)))
     yields = sorted((p.dataset.getID(), _rounded(p.xsection.asNumber(fb)))
                     for p in theory.datasetPredictions)
-    return (info_id, "combined", tuple(yields))
+    return (info_id, "combined", workspace_tag(expresult), tuple(yields))
 
 
 def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") -> Prediction:
@@ -389,6 +340,12 @@ def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") 
         xsec_fb=float(theory.xsection.asNumber(fb)),
         txnames=sorted({str(t) for t in theory.txnames}),
         note=note,
+        likelihood=_likelihood_used(expresult) if kind == "combined" else "",
         theory=theory,
         stats=stats,
     )
+
+
+def _likelihood_used(expresult) -> str:
+    chosen = workspace_choice(expresult)
+    return chosen.describe() if chosen is not None else ""

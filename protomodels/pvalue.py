@@ -20,6 +20,8 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .exceptions import RunError
+from .runs import LEGACY_LIKELIHOOD
+from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     if not entries:
         raise RunError(f"{run_dir / 'hiscores.json'}: no hiscores")
     config = dict(run.get("config", {}))
+    config.setdefault("likelihood", LEGACY_LIKELIHOOD)
     config["steps"] = sum(s.get("steps", 0) for s in run.get("segments", [])) or config.get("steps")
     best = max(entries, key=lambda e: e["K"])
     walkers = sorted(run_dir.glob("walker-*/checkpoint.json"))
@@ -89,6 +92,12 @@ def compare_runs(real_run: str | Path, fake_runs: Sequence[str | Path]) -> Dict[
     """The p-value report of ``protomodels pvalue`` (schema protomodels.pvalue/1)."""
     real = run_summary(real_run)
     fakes = [run_summary(f) for f in fake_runs]
+    for fake in fakes:  # K of different statistical models are not comparable at all
+        if fake["config"]["likelihood"] != real["config"]["likelihood"]:
+            raise RunError(f"{fake['run']}/run.json: field 'config.likelihood' is "
+                           f"{fake['config']['likelihood']!r}, but {real['run']} used "
+                           f"{real['config']['likelihood']!r}; p-values compare runs of one "
+                           "likelihood")
     warnings: List[str] = []
     if real["fake"]:
         warnings.append(f"{real['run']} ran on a fake database ({real['fake']['record']})")
@@ -154,14 +163,17 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = fake_seeds(seed, count)
+    options = {"likelihood": DEFAULT_LIKELIHOOD, **(walk_options or {})}
     manifest = {"schema": FAKES_SCHEMA, "seed": seed, "count": count, "walkers": walkers,
                 "steps": steps, "inject": inject, "fudge": fudge, "noise": noise,
+                "likelihood": options["likelihood"],
                 "fakes": [{"database": f"db-{i:03d}", "run": f"run-{i:03d}", "seeds": s}
                           for i, s in enumerate(seeds)]}
     previous = out / "fakes.json"
     if previous.exists():
         stored = json.loads(previous.read_text())
-        for key in ("seed", "walkers", "inject", "fudge", "noise"):
+        stored.setdefault("likelihood", LEGACY_LIKELIHOOD)
+        for key in ("seed", "walkers", "inject", "fudge", "noise", "likelihood"):
             if stored.get(key) != manifest[key]:
                 raise RunError(f"{previous}: field {key!r} is {stored.get(key)!r}, this call "
                                f"asks for {manifest[key]!r}; use another output folder")
@@ -179,7 +191,7 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
             logger.warning("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
             config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,
                                 seed=entry["seeds"]["walk"], database=str(db_dir),
-                                **(walk_options or {}))
+                                **options)
             summary = walk(config, resume=started,
                            cluster=cluster, jobs=jobs)
             if summary["crashed"] or summary["interrupted"]:

@@ -25,6 +25,7 @@ import numpy as np
 from .atomic import write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
+from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
 from .moves import Space, Unfreeze, default_moves
 from .walker import sample
 
@@ -237,11 +238,12 @@ def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
 
 
 def load_physics_score(config: "WalkConfig"):
-    """(database, score) for a run's configuration: its database, r_limit and selection."""
-    from . import database
+    """(database, score) for a run's configuration: its database, likelihood, r_limit and
+    selection."""
+    from .loader import load_database
     from .predictor import Selection
 
-    db = database.load(config.database)
+    db = load_database(config.database, config.likelihood)
     selection = Selection(sqrts=tuple(config.sqrts), analyses=tuple(config.analyses))
     return db, physics_score(db, config.r_limit, selection)
 
@@ -272,11 +274,27 @@ class WalkConfig:
     database: Optional[str] = None
     sqrts: List[int] = field(default_factory=lambda: [8, 13])
     analyses: List[str] = field(default_factory=lambda: ["*"])
+    likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
 
 
 _TYPES = {"out": str, "walkers": int, "steps": int, "seed": int, "temperature": (int, float),
           "r_limit": (int, float), "checkpoint_every": int, "database": (str, type(None)),
-          "sqrts": list, "analyses": list}
+          "sqrts": list, "analyses": list, "likelihood": str}
+#: Runs made before the likelihood was a setting used SModelS' default workspaces: the
+#: full ones of ATLAS-SUSY-2018-04 and -16.  Resumed, they continue with "full".
+LEGACY_LIKELIHOOD = "full"
+
+
+def read_run_config(run_dir: Path) -> Dict[str, Any]:
+    """The configuration in ``run_dir/run.json`` (its database, likelihood, r_limit...),
+    ``likelihood`` filled in for runs that predate it; without a readable run.json, only
+    the default likelihood."""
+    try:
+        config = dict(json.loads((Path(run_dir) / "run.json").read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"likelihood": DEFAULT_LIKELIHOOD}
+    config.setdefault("likelihood", LEGACY_LIKELIHOOD)
+    return config
 
 
 def load_config(path: Path) -> Dict[str, Any]:
@@ -302,6 +320,9 @@ def load_config(path: Path) -> Dict[str, Any]:
             raise RunError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(_TYPES))})")
         if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
             raise RunError(f"{path}: key {key!r} has the wrong type ({value!r})")
+    if "likelihood" in data and data["likelihood"] not in LIKELIHOODS:
+        raise RunError(f"{path}: key 'likelihood' is {data['likelihood']!r}, expected one of "
+                       f"{', '.join(LIKELIHOODS)}")
     return data
 
 
@@ -361,7 +382,10 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
         except (OSError, json.JSONDecodeError) as error:
             raise RunError(f"{run_json}: cannot resume ({error})") from None
         steps = config.steps
-        config = WalkConfig(**stored["config"])
+        if "likelihood" not in stored["config"]:
+            logger.warning("%s predates the likelihood setting: continuing with %r", run_json,
+                           LEGACY_LIKELIHOOD)
+        config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
@@ -460,7 +484,7 @@ def _run_forked(out: Path, seeds, score: Score, space: Space, config: WalkConfig
 def export_hiscores(out: Path) -> List[Path]:
     """Write every hiscore's best-fit model as out/hiscores/rank-<n>.slha."""
     from . import hiscores
-    from .predictor import effective_xsecs
+    from .xsec import effective_xsecs
     from .slha import write_slha
 
     entries = hiscores.read(Path(out) / "hiscores.json")

@@ -19,7 +19,8 @@ from .combiner import (EMPTY, CombinabilityMatrix, Combination, ResultKey, best_
                        combinability_graph)
 from .database import ExperimentalDatabase
 from .model import LSP, ProtoModel, ssm_key
-from .predictor import Prediction, Selection, effective_xsecs, predict
+from .predictor import Prediction, Selection, predict
+from .xsec import effective_xsecs
 
 logger = logging.getLogger(__name__)
 

@@ -66,10 +66,15 @@ import pathlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protomodels.exceptions import XsecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import ProtoModel
+    from .slha import Xsecs
 
 logger = logging.getLogger(__name__)
 
@@ -327,3 +332,15 @@ def reference_xsecs(masses: dict[int, float], sqrts: int,
             out[_pair(neutral, charged)] = load_table("N2C1p", sqrts)(mean, extrapolate)
             out[_pair(-charged, neutral)] = load_table("N2C1m", sqrts)(mean, extrapolate)
     return out
+
+
+def effective_xsecs(model: "ProtoModel") -> "Xsecs":
+    """Cross sections (pb) per (sqrts in TeV, process) of ``model`` with its
+    signal-strength multipliers applied: the SLHA file's own where it gave them, else the
+    reference tables (``reference_xsecs``)."""
+    if model.xsecs is not None:
+        base = dict(model.xsecs)
+    else:
+        base = {(s, key): value for s in SQRTS_VALUES
+                for key, value in reference_xsecs(model.masses, s).items()}
+    return {key: value * model.multiplier(key[1]) for key, value in base.items()}

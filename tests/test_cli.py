@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from protomodels import __version__, database
 from protomodels.cli import cli
-from protomodels.predictor import effective_xsecs
+from protomodels.xsec import effective_xsecs
 from protomodels.slha import write_slha
 
 from . import models

@@ -8,7 +8,8 @@ import pytest
 
 from protomodels import database, significance
 from protomodels.combiner import CombinabilityMatrix, ResultKey, combinable
-from protomodels.predictor import effective_xsecs, predict
+from protomodels.predictor import predict
+from protomodels.xsec import effective_xsecs
 from protomodels.slha import write_slha
 
 from . import models

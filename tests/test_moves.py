@@ -13,7 +13,7 @@ from scipy import stats
 
 from protomodels.model import LSP, ProtoModel
 from protomodels.moves import Space, default_moves, log_reference
-from protomodels.predictor import effective_xsecs
+from protomodels.xsec import effective_xsecs
 from protomodels.predictor import decompose
 from protomodels.slha import read_slha, to_slha, write_slha
 from protomodels.walker import sample

@@ -12,7 +12,8 @@ from scipy import optimize
 
 from protomodels import significance
 from protomodels.combiner import CombinabilityMatrix, ResultKey, combinability_graph
-from protomodels.predictor import effective_xsecs, predict
+from protomodels.predictor import predict
+from protomodels.xsec import effective_xsecs
 from protomodels.slha import write_slha
 
 from . import models

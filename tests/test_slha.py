@@ -9,7 +9,7 @@ import pytest
 
 from protomodels.exceptions import SLHAError
 from protomodels.model import CHANNELS, NAMES, ProtoModel
-from protomodels.predictor import effective_xsecs
+from protomodels.xsec import effective_xsecs
 from protomodels.slha import read_slha, to_slha, write_slha
 
 from . import models

@@ -1,0 +1,95 @@
+"""Re-scoring a run's hiscores with another likelihood (``protomodels rescore RUN``).
+
+A run walks with one statistical model for its pyhf results (``run.json``'s
+``config.likelihood``, by default the simplified one).  Whether its best models keep their
+K with the full likelihoods is a question for its few best models, not a cost of every
+step: ``rescore`` re-evaluates the hiscores with the run's r_limit and selection and the
+other likelihood, and writes ``RUN/rescore-<likelihood>.json`` (schema
+``protomodels.rescore/1``; rows keyed by walker and step).  ``hiscores`` and ``show``
+read these files and give every K they have; the ranking stays the run's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from .atomic import write_json_atomic
+from .exceptions import RunError
+from .runs import read_run_config
+from .statistics.workspaces import LIKELIHOODS
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "protomodels.rescore/1"
+
+
+def rescore_path(run_dir: Path, likelihood: str) -> Path:
+    return Path(run_dir) / f"rescore-{likelihood}.json"
+
+
+def _read(path: Path) -> Dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunError(f"{path}: unreadable ({error})") from None
+    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
+        raise RunError(f"{path}: field 'schema' is "
+                       f"{record.get('schema') if isinstance(record, dict) else record!r}, "
+                       f"expected {SCHEMA!r}")
+    return record
+
+
+def rescore(run_dir: Path, db, entries: List[Dict[str, Any]]) -> Tuple[Path, List[Dict[str, Any]]]:
+    """Evaluate each hiscore entry's model on ``db`` (loaded with the likelihood to
+    compare) with the run's r_limit and selection; add the rows to
+    ``rescore-<db.likelihood>.json``.  Returns (file, new rows).  Raises ``RunError`` for a
+    directory that is not a run or an unreadable earlier rescore file."""
+    from . import significance
+    from .model import ProtoModel
+    from .predictor import Selection
+
+    config = read_run_config(run_dir)
+    if not (Path(run_dir) / "run.json").is_file():
+        raise RunError(f"{run_dir}: not a run (no run.json)")
+    selection = Selection(sqrts=tuple(config.get("sqrts", (8, 13))),
+                          analyses=tuple(config.get("analyses", ("*",))))
+    path = rescore_path(run_dir, db.likelihood)
+    record = _read(path) if path.exists() else {"schema": SCHEMA, "likelihood": db.likelihood,
+                                                "rows": []}
+    rows: List[Dict[str, Any]] = []
+    for entry in entries:
+        t0 = time.perf_counter()
+        result = significance.evaluate(ProtoModel.from_dict(entry["model"]), db,
+                                       r_limit=config.get("r_limit", 1.0), selection=selection)
+        rows.append({"rank": entry["rank"], "walker": entry["walker"], "step": entry["step"],
+                     "K_run": entry["K"], "likelihood_run": config["likelihood"],
+                     "K": result.K, "TL": result.TL, "mu_hat": result.mu_hat,
+                     "r_max": result.r_max, "seconds": round(time.perf_counter() - t0, 2)})
+    keys = {(r["walker"], r["step"]) for r in rows}
+    record["rows"] = [r for r in record["rows"] if (r["walker"], r["step"]) not in keys] + rows
+    record["database"] = {"path": db.path, "sha256": db.sha256}
+    write_json_atomic(path, record)
+    return path, rows
+
+
+def rescored_likelihoods(run_dir: Path, exclude: str = "") -> List[str]:
+    """The likelihoods a run's hiscores have been re-scored with (files present)."""
+    return [name for name in LIKELIHOODS
+            if name != exclude and rescore_path(run_dir, name).is_file()]
+
+
+def k_values(run_dir: Path, entry: Dict[str, Any]) -> Dict[str, float]:
+    """K of one hiscore entry by likelihood: the run's own, and every re-scored one
+    (NaN where that model was not re-scored)."""
+    own = read_run_config(run_dir)["likelihood"]
+    values = {own: float(entry["K"])}
+    for name in rescored_likelihoods(run_dir, exclude=own):
+        rows = {(r["walker"], r["step"]): r for r in _read(rescore_path(run_dir, name))["rows"]}
+        row = rows.get((entry["walker"], entry["step"]))
+        values[name] = float(row["K"]) if row else math.nan
+    return values
