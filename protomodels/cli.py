@@ -238,11 +238,14 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
               help="With --validate: signals for workspaces whose full fit takes over 10 s.")
 @click.option("--only", default="*", metavar="PATTERN",
               help="With --validate: comma-separated shell patterns on analysis ids.")
+@click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
+              help="With --validate: pyhf backend of the full-likelihood evaluations (jax: "
+                   "exact gradients, much faster for the large workspaces; needs jax).")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.simplify/1).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
 def simplify(database_path: Optional[str], validate: bool, signals: int, costly_signals: int,
-             only: str, as_json: bool, output_file: Optional[str]) -> None:
+             only: str, backend: str, as_json: bool, output_file: Optional[str]) -> None:
     """Build (once, cached) the simplified likelihood of every full pyhf workspace that
     has no published simplified version (ATL-PHYS-PUB-2021-038), and list what each pyhf
     result uses."""
@@ -252,7 +255,7 @@ def simplify(database_path: Optional[str], validate: bool, signals: int, costly_
     if validate:
         report["validation"] = validation.validate(
             database_path, signals=signals, costly_signals=costly_signals,
-            patterns=tuple(p.strip() for p in only.split(",")))
+            patterns=tuple(p.strip() for p in only.split(",")), backend=backend)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else validation.format_report(report), output_file)
 

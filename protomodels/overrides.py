@@ -28,6 +28,27 @@ point rounded to 2 digits) in one LRU of 128 entries shared by all ~4000 maps, s
 walker step that changes one particle still misses on almost every lookup.  We re-wrap
 the same function with the same rounding and a larger LRU.
 
+Workspace validation.  SModelS builds a new ``pyhf.Workspace`` (and model) from each
+signal-patched workspace every time it evaluates a pyhf likelihood or limit, and pyhf
+validates each against its JSON schema: 40-70 ms per workspace, two to ten per call,
+two thirds of a cold evaluation of an electroweak model.  The workspaces patched are the
+database's published ones or our simplified ones (validated when built), and SModelS'
+patch only adds a sample: ``trusted_pyhf_workspaces`` makes SModelS' pyhf interface
+build them without re-validation (the same numbers; pyhf still checks the structure
+while building the model).
+
+Control and validation regions.  SModelS' pyhf patch removes every channel that gets no
+signal: validation regions always, control regions unless ``includeCRs``.  A full
+workspace's free normalisation factors (mu_W, mu_ttbar...) are fixed by exactly those
+channels: without them the background floats and the limits weaken (ATLAS-SUSY-2018-31
+SRB, 10 signal events: UL on mu 0.68 instead of the 0.49 pyhf gives on the whole
+workspace).  A simplified workspace in ATLAS' layout has one nuisance parameter shared
+by all channels, which its control and validation bins constrain too (ATLAS keeps them
+for that reason).  ``workspaces_keep_channels`` keeps every channel of every workspace,
+the signal still only in the signal regions, as ATLAS' own fits do.  This moves the limits
+of pyhf results from SModelS' (2018-31 with ATLAS' simplified workspaces: a few per
+cent); ``smodels_as_shipped`` restores SModelS' patch.
+
 pyhf region names.  Database 3.0.0 lists the signal regions of several pyhf results in
 the old format (plain names, matched to the workspace's channels by order in older
 SModelS).  SModelS 3.1 reads a plain name as the pyhf channel name itself; where the
@@ -193,6 +214,58 @@ def _filter(self, expResultList):
     return new
 
 
+class _TrustedPyhf:
+    """The ``pyhf`` name inside SModelS' pyhf interface: pyhf itself, except that its
+    ``Workspace`` skips the JSON-schema validation of SModelS' patched workspaces."""
+
+    def __init__(self, pyhf):
+        self._pyhf = pyhf
+
+        class TrustedWorkspace(pyhf.Workspace):
+            def __init__(self, spec, validate: bool = False, **config_kwargs):
+                super().__init__(spec, validate=False, **config_kwargs)
+
+            def model(self, **config_kwargs):
+                config_kwargs.setdefault("validate", False)
+                return super().model(**config_kwargs)
+
+        self.Workspace = TrustedWorkspace
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pyhf, name)
+
+
+def trusted_pyhf_workspaces() -> bool:
+    """Install ``_TrustedPyhf`` in SModelS' pyhf interface (idempotent; True if it changed)."""
+    from smodels.statistics import pyhfInterface
+
+    if isinstance(pyhfInterface.pyhf, _TrustedPyhf):
+        return False
+    pyhfInterface._protomodels_pyhf = pyhfInterface.pyhf
+    pyhfInterface.pyhf = _TrustedPyhf(pyhfInterface.pyhf)
+    return True
+
+
+def _patch_maker_keeping_channels(self):
+    """SModelS' ``PyhfUpperLimitComputer.patchMaker`` without its channel removals
+    (module docstring)."""
+    patches = self._protomodels_patch_maker()
+    if not patches:
+        return patches
+    return [[op for op in patch if op.get("op") != "remove"] for patch in patches]
+
+
+def workspaces_keep_channels() -> bool:
+    """Install ``_patch_maker_keeping_channels`` (idempotent; True if it changed)."""
+    from smodels.statistics.pyhfInterface import PyhfUpperLimitComputer
+
+    if PyhfUpperLimitComputer.patchMaker is _patch_maker_keeping_channels:
+        return False
+    PyhfUpperLimitComputer._protomodels_patch_maker = PyhfUpperLimitComputer.patchMaker
+    PyhfUpperLimitComputer.patchMaker = _patch_maker_keeping_channels
+    return True
+
+
 def fast_sms_dictionary() -> bool:
     """Install ``_tx_keys`` and ``_filter`` (idempotent; True if it changed).  They must be
     in place before SModelS' ``Database`` is made, so ``database.load`` calls this first."""
@@ -212,17 +285,25 @@ def smodels_as_shipped() -> Iterator[None]:
     from smodels.base.particle import MultiParticle
 
     from smodels.experiment.expSMSDict import ExpSMSDict
+    from smodels.statistics import pyhfInterface
 
     current = MultiParticle.__dict__["__new__"], ExpSMSDict.getTx, ExpSMSDict.filter
+    current_pyhf = pyhfInterface.pyhf
+    limits = pyhfInterface.PyhfUpperLimitComputer
+    current_patch_maker = limits.patchMaker
+    limits.patchMaker = getattr(limits, "_protomodels_patch_maker", current_patch_maker)
     MultiParticle.__new__ = getattr(MultiParticle, "_protomodels_smodels_new", current[0])
     ExpSMSDict.getTx, ExpSMSDict.filter = getattr(ExpSMSDict, "_protomodels_smodels",
                                                   current[1:])
+    pyhfInterface.pyhf = getattr(pyhfInterface, "_protomodels_pyhf", current_pyhf)
     try:
         with nuisance.original_profile():
             yield
     finally:
         MultiParticle.__new__ = current[0]
         ExpSMSDict.getTx, ExpSMSDict.filter = current[1:]
+        pyhfInterface.pyhf = current_pyhf
+        limits.patchMaker = current_patch_maker
 
 
 def apply_overrides(db: Any) -> None:
@@ -233,7 +314,10 @@ def apply_overrides(db: Any) -> None:
         done.append(f"interpolation cache of {INTERPOLATION_CACHE} entries")
     for name, install in (("exact nuisance profile", nuisance.install),
                           ("fast particle lookup", fast_multiparticle_lookup),
-                          ("fast SMS dictionary", fast_sms_dictionary)):
+                          ("fast SMS dictionary", fast_sms_dictionary),
+                          ("pyhf workspaces not re-validated", trusted_pyhf_workspaces),
+                          ("pyhf workspaces keep their control and validation regions",
+                           workspaces_keep_channels)):
         install()
         if name not in done:
             done.append(name)
