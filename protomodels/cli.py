@@ -362,7 +362,6 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
-    click.echo(f"ranked by K with the {own} likelihood (the run's own)")
     click.echo(f"{'rank':>4} {'K':>7} {'TL':>7}  " + "".join(f"{'K ' + o:>14}" for o in others)
                + f"  {'walker/step':<12} particles (GeV); combination")
     for e in entries:
@@ -371,6 +370,8 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
         rescored = "".join(f"{e['K_by_likelihood'].get(o, float('nan')):>14.3f}" for o in others)
         click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  {rescored}  "
                    f"{e['walker']}/{e['step']:<10} {model.describe()}; {combo or '-'}")
+    click.echo(f"(K, TL: the run's own {own} likelihood, which ranks the models"
+               + (f"; re-scored with: {', '.join(others)})" if others else ")"))
 
 
 @cli.command()

@@ -212,6 +212,8 @@ def generate(out: str | Path, seed: int, base: Optional[str] = None,
         model = read_slha(inject)  # raises SLHAError naming the file and field
         model_text = to_slha(model, effective_xsecs(model))
     t0 = time.perf_counter()
+    if base is not None and record_path(base) is not None:
+        raise DatabaseError(f"{base}: a fake database cannot be the base of another")
     db = database.load(base)
     record = draw(db, seed, fudge=fudge, noise=noise, model_text=model_text,
                   model_file=None if inject is None else str(inject))

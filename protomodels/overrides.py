@@ -45,9 +45,10 @@ SRB, 10 signal events: UL on mu 0.68 instead of the 0.49 pyhf gives on the whole
 workspace).  A simplified workspace in ATLAS' layout has one nuisance parameter shared
 by all channels, which its control and validation bins constrain too (ATLAS keeps them
 for that reason).  ``workspaces_keep_channels`` keeps every channel of every workspace,
-the signal still only in the signal regions, as ATLAS' own fits do.  This moves the limits
-of pyhf results from SModelS' (2018-31 with ATLAS' simplified workspaces: a few per
-cent); ``smodels_as_shipped`` restores SModelS' patch.
+the signal still only in the signal regions, as ATLAS' own fits do.  This is a physics
+correction, not a speed-up, so ``smodels_as_shipped`` keeps it (like the region names);
+it moves the limits of pyhf results from SModelS' own (2018-31 with ATLAS' simplified
+workspaces: a few per cent).
 
 pyhf region names.  Database 3.0.0 lists the signal regions of several pyhf results in
 the old format (plain names, matched to the workspace's channels by order in older
@@ -289,9 +290,6 @@ def smodels_as_shipped() -> Iterator[None]:
 
     current = MultiParticle.__dict__["__new__"], ExpSMSDict.getTx, ExpSMSDict.filter
     current_pyhf = pyhfInterface.pyhf
-    limits = pyhfInterface.PyhfUpperLimitComputer
-    current_patch_maker = limits.patchMaker
-    limits.patchMaker = getattr(limits, "_protomodels_patch_maker", current_patch_maker)
     MultiParticle.__new__ = getattr(MultiParticle, "_protomodels_smodels_new", current[0])
     ExpSMSDict.getTx, ExpSMSDict.filter = getattr(ExpSMSDict, "_protomodels_smodels",
                                                   current[1:])
@@ -303,7 +301,6 @@ def smodels_as_shipped() -> Iterator[None]:
         MultiParticle.__new__ = current[0]
         ExpSMSDict.getTx, ExpSMSDict.filter = current[1:]
         pyhfInterface.pyhf = current_pyhf
-        limits.patchMaker = current_patch_maker
 
 
 def apply_overrides(db: Any) -> None:

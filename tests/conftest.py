@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from protomodels import database
+from protomodels.loader import load_database
 
 #: Real analyses (relative to the database root) that the unit-test database holds:
 #: UL and EM results at 8 and 13 TeV, one covariance (CMS-SUS-21-002) and one pyhf
@@ -49,9 +50,9 @@ def subset_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def subset_db(subset_dir):
-    return database.load(str(subset_dir))
+    return load_database(str(subset_dir))
 
 
 @pytest.fixture(scope="session")
 def full_db():
-    return database.load()
+    return load_database()

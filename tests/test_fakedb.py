@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protomodels import database, fakedb, significance
+from protomodels import fakedb, significance
+from protomodels.loader import load_database
 from protomodels.exceptions import DatabaseError, SLHAError
 from protomodels.slha import read_slha
 
@@ -83,8 +84,8 @@ def test_ul_shifts_are_standard_normal(subset_db):
 
 def test_loaded_fake_carries_every_recorded_value(fakes, subset_dir):
     record = json.loads((fakes["sm"] / fakedb.RECORD).read_text())
-    db = database.load(str(fakes["sm"]))
-    real = database.load(str(subset_dir))
+    db = load_database(str(fakes["sm"]))
+    real = load_database(str(subset_dir))
     assert db.fake["seed"] == 4 and db.fake["base_sha256"] == real.sha256 == record["base"]["sha256"]
     assert db.path == str(fakes["sm"]) and db.sha256 != real.sha256
     changed = 0
@@ -136,8 +137,8 @@ def test_same_seed_same_fake_other_seed_other_fake(subset_db):
 
 def test_asimov_sm_fake_has_no_excess_injected_one_does(fakes, subset_db):
     model = read_slha(PAPER_BEST)
-    asimov = significance.evaluate(model, database.load(str(fakes["asimov"])))
-    injected = significance.evaluate(model, database.load(str(fakes["injected"])))
+    asimov = significance.evaluate(model, load_database(str(fakes["asimov"])))
+    injected = significance.evaluate(model, load_database(str(fakes["injected"])))
     real = significance.evaluate(model, subset_db)
     assert asimov.TL < 1e-6 and asimov.K == pytest.approx(asimov.log_prior, abs=1e-6)
     assert real.TL > 2
@@ -157,7 +158,7 @@ def test_injected_signal_reaches_counts_and_limits(fakes, subset_db):
     for key, s in events.items():
         assert rows[key]["n_obs"] == pytest.approx(rows[key]["b"] + s, rel=1e-12)
     # at the model's own point the observed limit is the expected one plus sigma x BR
-    db = database.load(str(fakes["injected"]))
+    db = load_database(str(fakes["injected"]))
     checked = 0
     for signal in ul_signals:
         er = _result(db, signal["analysis"], em=False)
@@ -189,19 +190,19 @@ def test_bad_input_is_refused_and_nothing_is_lost(fakes, subset_dir, tmp_path):
     record["base"]["sha256"] = "0" * 64
     (copy / fakedb.RECORD).write_text(json.dumps(record))
     with pytest.raises(DatabaseError, match="base.sha256"):
-        database.load(str(copy))
+        load_database(str(copy))
     del record["efficiency_maps"]
     (copy / fakedb.RECORD).write_text(json.dumps(record))
     with pytest.raises(DatabaseError, match="'efficiency_maps'"):
-        database.load(str(copy))
+        load_database(str(copy))
     (copy / fakedb.RECORD).write_text("{not json")
     with pytest.raises(DatabaseError, match="unreadable"):
-        database.load(str(copy))
+        load_database(str(copy))
     record = json.loads((fakes["sm"] / fakedb.RECORD).read_text())
     record["efficiency_maps"][0]["dataset"] = "SRnowhere"
     (copy / fakedb.RECORD).write_text(json.dumps(record))
     with pytest.raises(DatabaseError, match="SRnowhere"):
-        database.load(str(copy))
+        load_database(str(copy))
 
 
 def test_fakedb_command(subset_dir, tmp_path):

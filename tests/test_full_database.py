@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from protomodels import database, significance
+from protomodels.loader import load_database
 from protomodels.combiner import CombinabilityMatrix, ResultKey, combinable
 from protomodels.predictor import predict
 from protomodels.xsec import effective_xsecs
@@ -86,7 +87,7 @@ def test_injection_closure(full_db, tmp_path):
         record = fakedb.draw(full_db, 2, noise=noise, model_text=injected)
         (tmp_path / name).mkdir()
         write_json_atomic(tmp_path / name / fakedb.RECORD, record)
-        fake = database.load(str(tmp_path / name))
+        fake = load_database(str(tmp_path / name))
         found[name] = significance.evaluate(model, fake)
         del fake
         gc.collect()

@@ -133,9 +133,9 @@ def test_critic_bounds_mu(subset_db):
 def test_a_failing_combination_falls_back_without_stopping_others(subset_dir, subset_db):
     """Break ATLAS-SUSY-2018-31's pyhf channel mapping in a private copy of the database:
     that result falls back to its best signal region, every other result is unaffected."""
-    from protomodels import database
+    from protomodels.loader import load_database
 
-    broken = database.load(str(subset_dir))
+    broken = load_database(str(subset_dir))
     for er in broken.results:
         if er.globalInfo.id == "ATLAS-SUSY-2018-31" and hasattr(er.globalInfo, "jsonFiles"):
             for regions in er.globalInfo.jsonFiles.values():
