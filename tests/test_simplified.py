@@ -1,0 +1,214 @@
+"""Simplified likelihoods (protomodels.statistics): the builder against ATLAS' own
+simplified workspace, the cache, the choice of workspaces per likelihood, and the pyhf
+evaluation against pyhf called directly on the whole workspace.
+
+All on ATLAS-SUSY-2018-31 of the unit-test database: it ships ATLAS' full workspaces
+(BkgOnlyA/B/C.json) and ATLAS' simplified ones built by the same procedure, and its full
+fits take about a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from protomodels import fakedb, pvalue, significance
+from protomodels.exceptions import RunError, WorkspaceError
+from protomodels.loader import load_database
+from protomodels.statistics import simplified, workspaces
+
+from . import models
+
+RESULT = "13TeV/ATLAS/ATLAS-SUSY-2018-31-eff"
+
+
+def _per_bin(workspace):
+    out = {}
+    for channel in workspace["channels"]:
+        sample = channel["samples"][0]
+        data = sample["modifiers"][0]["data"]
+        for i, value in enumerate(sample["data"]):
+            out[(channel["name"], i)] = (value, (data["hi_data"][i] - data["lo_data"][i]) / 2)
+    return out
+
+
+@pytest.mark.parametrize("letter", ["A", "B"])
+def test_builder_reproduces_atlas_simplified_workspace(subset_dir, letter):
+    """Our background-only fit of ATLAS' full workspace against ATLAS' published
+    simplified one: every bin's yield within 1%, its uncertainty within 25%."""
+    full = json.loads((subset_dir / RESULT / f"BkgOnly{letter}.json").read_text())
+    atlas = json.loads((subset_dir / RESULT / f"simplified{letter}.json").read_text())
+    built = simplified.build(full, name=f"BkgOnly{letter}")
+    ours, theirs = _per_bin(built.workspace), _per_bin(atlas)
+    assert set(ours) == set(theirs)
+    for key in ours:
+        assert ours[key][0] == pytest.approx(theirs[key][0], rel=0.01), key
+        assert ours[key][1] == pytest.approx(theirs[key][1], rel=0.25), key
+    # ATLAS' layout: one sample and one shared histosys, the observations unchanged
+    assert all([s["name"] for s in c["samples"]] == ["Bkg"] for c in built.workspace["channels"])
+    names = {m["name"] for c in built.workspace["channels"] for m in c["samples"][0]["modifiers"]}
+    assert names == {"totalError"}
+    assert built.workspace["observations"] == full["observations"]
+    lumi = built.workspace["measurements"][0]["config"]["parameters"]
+    assert [p["name"] for p in lumi] == ["lumi"] and lumi[0]["fixed"] is True
+    assert built.fit["valid"] and built.fit["parameters"] > 50
+
+
+def test_builder_refuses_bad_workspaces():
+    with pytest.raises(WorkspaceError, match="broken.json: not a valid pyhf workspace"):
+        simplified.build({"channels": [{"name": "SR"}]}, name="broken.json")
+
+
+def test_cache_builds_once_and_rebuilds_corrupt_or_stale_files(subset_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PROTOMODELS_CACHE", str(tmp_path / "cache"))
+    source = subset_dir / RESULT / "BkgOnlyB.json"
+    record = simplified.cached(source, analysis="ATLAS-SUSY-2018-31")
+    target = simplified.cache_file(source, record["provenance"]["source_sha256"])
+    assert target.is_file() and record["provenance"]["analysis"] == "ATLAS-SUSY-2018-31"
+    assert record["provenance"]["source_sha256"] == simplified.sha256_file(source)
+    stamp = target.stat().st_mtime_ns
+    assert simplified.cached(source) == record and target.stat().st_mtime_ns == stamp  # not rebuilt
+    target.write_text("{ not json")
+    assert simplified.cached(source)["workspace"] == record["workspace"]
+    assert "unusable" in caplog.text
+    stale = json.loads(target.read_text())
+    stale["provenance"]["source_sha256"] = "0" * 64
+    target.write_text(json.dumps(stale))
+    caplog.clear()
+    assert simplified.cached(source)["provenance"]["source_sha256"] == simplified.sha256_file(source)
+    assert "does not match the source" in caplog.text
+    broken = json.loads(target.read_text())
+    del broken["workspace"]["channels"][0]["samples"]  # not a valid workspace any more
+    target.write_text(json.dumps(broken))
+    assert simplified.cached(source)["workspace"] == record["workspace"]
+
+
+@pytest.fixture(scope="module")
+def both(subset_dir):
+    return {mode: load_database(str(subset_dir), mode) for mode in workspaces.LIKELIHOODS}
+
+
+def test_each_likelihood_uses_its_workspaces(both):
+    full = both["full"].likelihoods["ATLAS-SUSY-2018-31"]
+    simple = both["simplified"].likelihoods["ATLAS-SUSY-2018-31"]
+    assert full.files == ["BkgOnlyA.json", "BkgOnlyB.json", "BkgOnlyC.json"]
+    assert full.kinds == [workspaces.FULL] * 3
+    assert simple.files == ["simplifiedA.json", "simplifiedB.json", "simplifiedC.json"]
+    assert simple.kinds == [workspaces.ATLAS_SIMPLIFIED] * 3
+    # the same channel and bin for every signal region (the mapping SModelS uses)
+    bins = {mode: workspaces.signal_region_bins(info.jsonFiles, info.jsons)
+            for mode, db in both.items() for info in [next(er.globalInfo for er in db.results
+                                                           if hasattr(er.globalInfo, "jsonFiles"))]}
+    assert {k: v[2:] for k, v in bins["full"].items()} == {k: v[2:] for k, v in bins["simplified"].items()}
+    with pytest.raises(WorkspaceError, match="'exact' is not a likelihood"):
+        load_database(None, "exact")
+
+
+def test_switching_refuses_a_workspace_that_moves_signal_regions(both):
+    """A workspace with its signal-region channels in another order would, with SModelS'
+    order-based matching, put the signal into the wrong channel: refused."""
+    info = next(er.globalInfo for er in both["full"].results
+                if hasattr(er.globalInfo, "jsonFiles"))
+    files, jsons = info.jsonFiles, info.jsons
+    assert all("pyhf" not in r for r in files["BkgOnlyA.json"])  # matched by order
+    moved = [copy.deepcopy(w) for w in jsons]
+    extra = {"name": "SR_extra", "data": [1.0]}
+    moved[0]["observations"] = [extra] + moved[0]["observations"]
+    moved[0]["channels"] = [{"name": "SR_extra", "samples": copy.deepcopy(
+        moved[0]["channels"][0]["samples"][:1])}] + moved[0]["channels"]
+    moved[0]["channels"][0]["samples"][0]["data"] = [1.0]
+    with pytest.raises(WorkspaceError, match="move signal regions"):
+        workspaces._same_bins("X", (files, jsons), (copy.deepcopy(files), moved), False)
+    workspaces._same_bins("X", (files, jsons), (copy.deepcopy(files), jsons), False)
+
+
+def test_results_without_workspaces_do_not_move(both):
+    """Every result without a pyhf workspace: the same r and likelihood in both modes
+    (ATLAS-SUSY-2018-31 itself is left out here: its full-workspace ranking costs a
+    minute); a pyhf prediction says which workspaces it used."""
+    from protomodels.predictor import Selection, predict
+
+    others = Selection(analyses=("ATLAS-SUSY-2016-07", "ATLAS-SUSY-2018-22", "CMS-SUS-21-002",
+                                 "CMS-SUS-16-033", "ATLAS-SUSY-2013-02", "CMS-SUS-13-012"))
+    compared = 0
+    for model in (models.sbottom_higgs(), models.gluino(), models.paper_best()):
+        by_mode = {mode: {(p.analysis_id, p.dataset_id): p for p in predict(model, db, others)}
+                   for mode, db in both.items()}
+        assert by_mode["full"].keys() == by_mode["simplified"].keys()
+        for key, p in by_mode["full"].items():
+            other = by_mode["simplified"][key]
+            assert p.likelihood == other.likelihood == ""
+            if p.r_obs is not None:
+                assert other.r_obs == pytest.approx(p.r_obs, rel=1e-9)
+            if p.data_type != "UL":
+                assert other.nll(0.5) == pytest.approx(p.nll(0.5), rel=1e-9, abs=1e-12)
+            compared += 1
+    assert compared >= 5
+    pyhf = [p for p in predict(models.sbottom_higgs(), both["simplified"])
+            if p.analysis_id == "ATLAS-SUSY-2018-31" and p.data_type == "combined"]
+    assert pyhf and pyhf[0].likelihood == "simplified (ATLAS)"
+
+
+def test_pyhf_cls_equals_pyhf_on_the_whole_workspace(both):
+    """SModelS' pyhf interface (with the project's overrides: control and validation
+    regions kept, workspaces not re-validated) gives the CLs that pyhf itself gives on the
+    whole workspace with the signal added to the signal region, for the full and the
+    simplified workspace of SRB."""
+    import pyhf
+    from smodels.statistics.basicStats import observed
+
+    from protomodels.statistics.validation import _computer
+
+    for mode, db in both.items():
+        info = next(er.globalInfo for er in db.results if hasattr(er.globalInfo, "jsonFiles"))
+        index = 1  # the B workspace: one signal region
+        name = list(info.jsonFiles)[index]
+        regions = info.jsonFiles[name]
+        computer = _computer(info, name, info.jsons[index], regions, {"SRB": 10.0})
+        ours = computer.CLs(0.5, observed)
+        spec = copy.deepcopy(info.jsons[index])
+        for channel in spec["channels"]:
+            if channel["name"].startswith("SR"):
+                channel["samples"].append({"name": "bsm", "data": [10.0], "modifiers": [
+                    {"name": "mu_SIG", "type": "normfactor", "data": None},
+                    {"name": "lumi", "type": "lumi", "data": None}]})
+        ws = pyhf.Workspace(spec)
+        model = ws.model()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = float(pyhf.infer.hypotest(0.5, ws.data(model), model))
+        ours = float(np.ravel(ours)[0]) if not np.isscalar(ours) else float(ours)
+        assert ours == pytest.approx(theirs, rel=0.02, abs=1e-3), mode
+
+
+def test_fake_counts_go_into_the_workspaces_in_use(subset_dir, tmp_path):
+    record = fakedb.generate(tmp_path / "fake", seed=5, base=str(subset_dir))
+    rows = [r for r in record["pyhf"] if r["analysis"] == "ATLAS-SUSY-2018-31"]
+    assert rows
+    for mode in workspaces.LIKELIHOODS:
+        db = load_database(str(tmp_path / "fake"), mode)
+        info = next(er.globalInfo for er in db.results if hasattr(er.globalInfo, "jsonFiles"))
+        bins = workspaces.signal_region_bins(info.jsonFiles, info.jsons)
+        for row in rows:
+            index, _, channel, bin_index = bins[row["dataset"]]
+            observation = next(o for o in info.jsons[index]["observations"] if o["name"] == channel)
+            assert observation["data"][bin_index] == row["n_obs"], (mode, row["dataset"])
+        assert db.likelihood == mode
+
+
+def test_pvalue_refuses_runs_of_different_likelihoods(tmp_path):
+    from protomodels import hiscores
+
+    for name, likelihood in (("real", "simplified"), ("fake", "full")):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"config": {"likelihood": likelihood, "steps": 1},
+                                                  "segments": [{"steps": 1}]}))
+        hiscores.update(run / "hiscores.json", [{"K": 1.0, "TL": 1.0, "walker": 0, "step": 1,
+                                                 "model": models.sbottom_higgs().to_dict()}])
+    with pytest.raises(RunError, match="field 'config.likelihood' is 'full'"):
+        pvalue.compare_runs(tmp_path / "real", [tmp_path / "fake"])
