@@ -119,8 +119,50 @@ def _percentiles(values: List[float]) -> Dict[str, float]:
     if not values:
         return {"n": 0}
     return {"n": len(values), "median_s": float(np.median(values)),
-            "p90_s": float(np.percentile(values, 90)), "mean_s": float(np.mean(values)),
-            "max_s": float(max(values))}
+            "p90_s": float(np.percentile(values, 90)), "p99_s": float(np.percentile(values, 99)),
+            "mean_s": float(np.mean(values)), "max_s": float(max(values))}
+
+
+def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "ATLAS-SUSY-2018-04"),
+                   signal_events: float = 10.0, mu: float = 1.0) -> List[Dict[str, Any]]:
+    """(d): seconds of one observed CLs evaluation (SModelS' pyhf interface, numpy backend,
+    its scipy optimiser) of each workspace of the matching pyhf results, full and
+    simplified, for the same signal (``signal_events`` spread evenly over the signal
+    regions)."""
+    import fnmatch
+    import json
+    from pathlib import Path
+
+    from smodels.statistics.basicStats import observed
+
+    from .statistics import simplified
+    from .statistics.validation import _computer
+
+    rows = []
+    for er in db.smodels.expResultList:
+        info = er.globalInfo
+        if not hasattr(info, "jsonFiles") or not any(fnmatch.fnmatchcase(info.id, p) for p in patterns):
+            continue
+        folder = Path(info.path).parent
+        for name, regions in getattr(info, "_protomodels_default_workspaces", (info.jsonFiles,))[0].items():
+            full = json.loads((folder / name).read_text())
+            if not simplified.is_full(full):
+                continue
+            simple = simplified.cached(folder / name, analysis=info.id)["workspace"]
+            srs = [r["smodels"] for r in regions if r.get("smodels") and r.get("type", "SR") == "SR"]
+            signal = {r: signal_events / len(srs) for r in srs}
+            row: Dict[str, Any] = {"analysis": info.id, "file": name}
+            for label, workspace in (("simplified", simple), ("full", full)):
+                computer = _computer(info, name, workspace, regions, signal)
+                t0 = time.perf_counter()
+                cls = computer.CLs(mu, observed)
+                row[f"{label}_s"] = time.perf_counter() - t0
+                row[f"{label}_cls"] = float(np.ravel(cls)[0]) if cls is not None else None
+            row["speedup"] = row["full_s"] / row["simplified_s"]
+            logger.info("CLs of %s %s: full %.1f s, simplified %.2f s", info.id, name,
+                        row["full_s"], row["simplified_s"])
+            rows.append(row)
+    return rows
 
 
 def memory() -> Dict[str, float]:
@@ -145,20 +187,23 @@ def memory() -> Dict[str, float]:
     return out
 
 
-def load_time(database: Optional[str], repeats: int = 2) -> Dict[str, Any]:
+def load_time(database: Optional[str], repeats: int = 2,
+              likelihood: str = "simplified") -> Dict[str, Any]:
     """Database load in fresh processes (from the built cache): seconds and peak memory.
 
     Loaded ``repeats`` times: on a virtual machine the first process to touch memory the
     host has taken back (e.g. right after the parent's own load) pays for it, which says
     nothing about the load itself; ``load_s`` is the fastest, ``loads_s`` all of them.
     """
-    code = ("import sys, time, resource; t = time.perf_counter(); from protomodels import "
-            "database; db = database.load(sys.argv[1] if len(sys.argv) > 1 else None); "
+    code = ("import sys, time, resource; t = time.perf_counter(); from protomodels.loader import "
+            "load_database; db = load_database(sys.argv[2] if len(sys.argv) > 2 else None, "
+            "sys.argv[1]); "
             "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     loads, peaks, process = [], [], []
     for _ in range(repeats):
         started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", code] + ([database] if database else []),
+        done = subprocess.run([sys.executable, "-c", code, likelihood]
+                              + ([database] if database else []),
                               capture_output=True, text=True, check=True)
         seconds, peak_kb = done.stdout.split()[-2:]
         loads.append(float(seconds))
@@ -241,15 +286,15 @@ def walker_steps(db: ExperimentalDatabase, walkers: int, steps: int, seed: int) 
 
 
 def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 50,
-        walkers: int = 2, database: Optional[str] = None) -> Dict[str, Any]:
+        walkers: int = 2, database: Optional[str] = None, pyhf_cls: bool = True) -> Dict[str, Any]:
     """The whole benchmark; returns the JSON document (schema protomodels.bench/1)."""
     from . import significance
 
     started = time.perf_counter()
     result: Dict[str, Any] = {"schema": BENCH_SCHEMA, "cpus": os.cpu_count(),
-                              "models": models, "seed": seed}
+                              "models": models, "seed": seed, "likelihood": db.likelihood}
     logger.info("database load in a fresh process")
-    result["database"] = load_time(database)
+    result["database"] = load_time(database, likelihood=db.likelihood or "simplified")
     chosen = benchmark_models(models, seed)
     selection = Selection()
     smodels_db = _selected(db, selection)
@@ -283,6 +328,8 @@ def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 
     result["ratios"] = {"a_over_b_total": a_total / b_total if b_total else None,
                         "a_over_b_median": a_median / result["b_evaluation"]["median_s"],
                         "a_over_c_median": a_median / c_median if c_median else None}
+    logger.info("one CLs evaluation of each large pyhf workspace, full and simplified")
+    result["d_pyhf_cls"] = pyhf_cls_times(db) if pyhf_cls else []
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started
     return result
@@ -299,7 +346,8 @@ def format_report(result: Dict[str, Any]) -> str:
         f"(a) SModelS pipeline     median {a['median_s']:.2f} s  p90 {a['p90_s']:.2f} s",
         f"(b) our evaluation, cold median {b['median_s']:.2f} s  p90 {b['p90_s']:.2f} s",
         f"(c) walker step, warm    median {c['all'].get('median_s', float('nan')):.2f} s  "
-        f"p90 {c['all'].get('p90_s', float('nan')):.2f} s  ({c['walkers']} walkers x "
+        f"p90 {c['all'].get('p90_s', float('nan')):.2f} s  p99 {c['all'].get('p99_s', float('nan')):.2f} s  "
+        f"slowest {c['all'].get('max_s', float('nan')):.2f} s  ({c['walkers']} walkers x "
         f"{c['steps_per_walker']} steps, acceptance {c['acceptance'] or 0:.0%})",
         "    first evaluation in each walker (its start model): "
         + ", ".join(f"{x:.2f} s" for x in c.get("start_seconds", [])),
@@ -315,5 +363,9 @@ def format_report(result: Dict[str, Any]) -> str:
     per_walker = ", ".join(f"{w.get('peak_rss_mb', 0):.0f}" for w in mem["walkers"])
     lines.append(f"memory: walkers' peak RSS {per_walker} MB; {c['walkers']} walkers together "
                  f"{mem['total_mb']:.0f} MB (shared parent + private pages)")
+    for row in result.get("d_pyhf_cls", []):
+        lines.append(f"(d) one CLs, {row['analysis']} {row['file']}: full {row['full_s']:.1f} s, "
+                     f"simplified {row['simplified_s']:.2f} s ({row['speedup']:.0f}x)")
+    lines.insert(0, f"likelihood of pyhf results: {result.get('likelihood')}")
     lines.append(f"benchmark took {result['seconds']:.0f} s")
     return "\n".join(lines)

@@ -36,3 +36,5 @@ def test_bench_command_on_the_subset_database(subset_dir, tmp_path):
     assert sum(p["n"] for p in steps["by_move"].values()) == 6
     assert report["database"]["load_s"] > 0 and steps["memory"]["total_mb"] > 0
     assert set(report["ratios"]) == {"a_over_b_total", "a_over_b_median", "a_over_c_median"}
+    assert report["likelihood"] == "simplified" and steps["all"]["p99_s"] <= steps["all"]["max_s"]
+    assert report["d_pyhf_cls"] == []  # the subset has none of the large workspaces
