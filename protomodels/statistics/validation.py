@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import simplified
-from .workspaces import OUR_SIMPLIFIED, _file_map, use_likelihood
+from .workspaces import OUR_SIMPLIFIED, _file_map
 
 logger = logging.getLogger(__name__)
 
