@@ -164,8 +164,15 @@ def pyhf_backend(name: str) -> Iterator[None]:
     exact gradients, 20-40x faster fits of the large workspaces; never before a fork)."""
     import pyhf
 
+    from ..exceptions import WorkspaceError
+
     previous = pyhf.get_backend()
     if name == "jax":
+        try:
+            import jax  # noqa: F401
+        except ImportError:
+            raise WorkspaceError("--backend jax: jax is not installed "
+                                 "(pip install 'protomodels[jax]')") from None
         pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
     try:
         yield
