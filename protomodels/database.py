@@ -335,6 +335,8 @@ def describe(db: ExperimentalDatabase, check_combined: bool = False) -> Dict[str
         "failed_to_load": db.manifest.get("failed_folders", []),
         "overrides": overrides_applied(db),
         "fake": db.fake,
+        "likelihood": db.likelihood,
+        "workspaces": {name: chosen.describe() for name, chosen in sorted(db.likelihoods.items())},
     }
     if check_combined:
         report["combined_check"] = check_combined_results(db)
@@ -404,6 +406,10 @@ def format_description(report: Dict[str, Any]) -> str:
                      f"fudge {fake['fudge']}" + (f", injected {fake['injected']}" if fake["injected"] else "")
                      + f", base sha256 {str(fake['base_sha256'])[:16]}...")
     lines.append(f"  combined (covariance or pyhf): {len(report['combinable'])}")
+    if report.get("workspaces"):
+        lines.append(f"  pyhf workspaces ({report['likelihood']} likelihood):")
+        for name, what in report["workspaces"].items():
+            lines.append(f"    {name:<30} {what}")
     lines.append(f"  superseded (not used by default): {len(report['superseded'])}")
     if report["overrides"]:
         lines.append("  project overrides: " + ", ".join(report["overrides"]))
