@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import hashlib
 import json
 import logging
 import time
@@ -194,11 +193,10 @@ def _layout(spec: Dict[str, Any], channels: List[List[Any]], yields: np.ndarray,
 # ---------------------------------------------------------------- the cache
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of a file (hex), as the database cache computes it."""
+    from ..database import _sha256
+
+    return _sha256(Path(path))
 
 
 def cache_file(source: Path, digest: str) -> Path:
