@@ -1,16 +1,20 @@
-"""Atomic file writes: a temporary file in the same folder, then a rename.
+"""Safe file I/O: atomic writes, file locks, and reading our versioned JSON files.
 
-Readers (other walkers, a user's ``cat``) never see half a file, and a crash mid-write
-leaves the previous version intact.
+Writes go to a temporary file in the same folder, then a rename: readers (other walkers,
+a user's ``cat``) never see half a file, and a crash mid-write leaves the previous version
+intact.  ``file_lock`` serialises first builds and read-modify-write cycles between
+processes; ``read_json_record`` reads a file of ours and checks its schema id.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterator, Type
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> None:
@@ -29,3 +33,30 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: os.PathLike, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def file_lock(lockfile: os.PathLike) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lockfile`` (created, with its folder) for the block."""
+    lockfile = Path(lockfile)
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(lockfile, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
+                     what: str = "file") -> Dict[str, Any]:
+    """The JSON object in ``path`` whose field 'schema' is ``schema``; otherwise ``error``
+    with a one-line message naming the file (``what`` says what it should have been)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as problem:
+        raise error(f"{path}: unreadable {what} ({problem})") from None
+    if not isinstance(record, dict) or record.get("schema") != schema:
+        found = record.get("schema") if isinstance(record, dict) else record
+        raise error(f"{path}: field 'schema' is {found!r:.60}, expected {schema!r}")
+    return record

@@ -20,7 +20,6 @@ so a database under e.g. ``~/.cache`` loads zero results: such paths are refused
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -35,7 +34,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from .atomic import file_lock, write_json_atomic
 from .exceptions import DatabaseError
 from .statistics.cache import StatisticsCache
 
@@ -83,17 +82,6 @@ def locate(path: Optional[str] = None) -> str:
         "no SModelS database found: pass --database PATH (a tarball, an unpacked text "
         f"database, a .pcl file or an URL), or set ${DATABASE_ENV}, or put the tarball at "
         f"{DEFAULT_TARBALL}")
-
-
-@contextlib.contextmanager
-def file_lock(lockfile: Path) -> Iterator[None]:
-    lockfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(lockfile, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sha256(path: Path) -> str:

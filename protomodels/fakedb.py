@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import datetime
 import functools
-import json
 import logging
 import time
 import zlib
@@ -49,7 +48,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from .atomic import read_json_record, write_json_atomic
 from .exceptions import DatabaseError
 from .statistics.workspaces import DEFAULT_LIKELIHOOD, signal_region_bins, use_likelihood
 
@@ -372,13 +371,7 @@ def _pyhf_observations(smodels_db, em_rows: List[Dict[str, Any]]) -> List[Dict[s
 
 def read_record(path: Path) -> Dict[str, Any]:
     """The record of a fake database, checked field by field."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise DatabaseError(f"{path}: unreadable fake database record ({error})") from None
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise DatabaseError(f"{path}: field 'schema' is {record.get('schema') if isinstance(record, dict) else record!r}, "
-                            f"expected {SCHEMA!r}")
+    record = read_json_record(path, SCHEMA, DatabaseError, "fake database record")
     for field, kind in (("seed", int), ("noise", str), ("fudge", (int, float)), ("base", dict),
                         ("efficiency_maps", list), ("upper_limit_maps", list), ("pyhf", list)):
         if not isinstance(record.get(field), kind):

@@ -8,13 +8,10 @@ file is replaced atomically, so it is never truncated and no entry is lost.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, List
 
-from .atomic import write_json_atomic
+from .atomic import file_lock, read_json_record, write_json_atomic
 from .exceptions import RunError
 
 SCHEMA = "protomodels.hiscores/1"
@@ -42,33 +39,17 @@ def merge(entries: List[Dict[str, Any]], keep: int = KEEP) -> List[Dict[str, Any
     return [dict(entry, rank=i + 1) for i, entry in enumerate(distinct)]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def read(path: Path) -> List[Dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RunError(f"{path}: corrupt hiscores file ({error})") from None
-    if data.get("schema") != SCHEMA:
-        raise RunError(f"{path}: schema {data.get('schema')!r}, expected {SCHEMA!r}")
-    return data["entries"]
+    return read_json_record(path, SCHEMA, RunError, "hiscores file")["entries"]
 
 
 def update(path: Path, candidates: List[Dict[str, Any]], keep: int = KEEP) -> List[Dict[str, Any]]:
     """Merge ``candidates`` into the file at ``path`` (safe against concurrent writers)."""
     path = Path(path)
-    with _locked(path):
+    with file_lock(path.with_name(path.name + ".lock")):
         entries = merge(read(path) + list(candidates), keep)
         write_json_atomic(path, {"schema": SCHEMA, "entries": entries})
     return entries

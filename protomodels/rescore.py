@@ -11,14 +11,13 @@ read these files and give every K they have; the ranking stays the run's own.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from .atomic import write_json_atomic
+from .atomic import read_json_record, write_json_atomic
 from .exceptions import RunError
 from .runs import read_run_config
 from .statistics.workspaces import LIKELIHOODS
@@ -33,15 +32,7 @@ def rescore_path(run_dir: Path, likelihood: str) -> Path:
 
 
 def _read(path: Path) -> Dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"{path}: unreadable ({error})") from None
-    if not isinstance(record, dict) or record.get("schema") != SCHEMA:
-        raise RunError(f"{path}: field 'schema' is "
-                       f"{record.get('schema') if isinstance(record, dict) else record!r}, "
-                       f"expected {SCHEMA!r}")
-    return record
+    return read_json_record(path, SCHEMA, RunError, "rescore file")
 
 
 def rescore(run_dir: Path, db, entries: List[Dict[str, Any]]) -> Tuple[Path, List[Dict[str, Any]]]:

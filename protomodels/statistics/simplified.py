@@ -42,7 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
-from ..atomic import write_json_atomic
+from ..atomic import file_lock, write_json_atomic
 from ..exceptions import WorkspaceError
 
 logger = logging.getLogger(__name__)
@@ -249,8 +249,6 @@ def cached(source: Path, analysis: str = "") -> Dict[str, Any]:
     fit's status and time.  A file lock makes concurrent first use (walkers, tests)
     build it once.  Raises ``WorkspaceError`` when it cannot be built.
     """
-    from ..database import file_lock
-
     source = Path(source)
     try:
         digest = sha256_file(source)
