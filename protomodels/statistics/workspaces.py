@@ -20,8 +20,8 @@ order, so a reordered workspace would put the signal in the wrong channel); a fi
 fails this, or that cannot be read or built, is not used: the result keeps its default
 workspace and a warning says why.
 
-The mode is part of every pyhf result's statistics-cache key (``tag``), so a process
-never mixes the numbers of two statistical models.
+The workspaces in use (file and kind) are part of every pyhf result's statistics-cache
+key (``tag``), so a process never mixes the numbers of two statistical models.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ logger = logging.getLogger(__name__)
 LIKELIHOODS = ("simplified", "full")
 DEFAULT_LIKELIHOOD = "simplified"
 _DEFAULT = "_protomodels_default_workspaces"  # (jsonFiles, jsons) as loaded
-TAG = "_protomodels_likelihood"  # the statistical model in use, for cache keys
-CHOICE = "_protomodels_workspaces"  # its WorkspaceChoice
+CHOICE = "_protomodels_workspaces"  # the WorkspaceChoice in use
 
 # what a workspace file in use is
 FULL, ATLAS_SIMPLIFIED, OUR_SIMPLIFIED, AS_SHIPPED = (
@@ -206,7 +205,6 @@ def use_likelihood(db, mode: str = DEFAULT_LIKELIHOOD) -> Dict[str, WorkspaceCho
             kinds = [FULL if simplified.is_full(w) else AS_SHIPPED for w in jsons]
             note, provenance = f"{mode} not usable: {error}", [None] * len(jsons)
         info.jsonFiles, info.jsons = files, jsons
-        setattr(info, TAG, f"{mode}:" + ",".join(files))
         choices[info.id] = WorkspaceChoice(info.id, list(files), kinds, note, provenance)
         setattr(info, CHOICE, choices[info.id])
         if note:
@@ -232,8 +230,12 @@ def _same_bins(analysis: str, default, candidate, include_crs: bool) -> None:
 
 
 def tag(expresult) -> str:
-    """The statistical model a result uses now ('' for results without workspaces)."""
-    return getattr(expresult.globalInfo, TAG, "")
+    """The statistical model a result uses now, for cache keys: each workspace file and
+    what it is ('' for results without workspaces)."""
+    chosen = choice(expresult)
+    if chosen is None:
+        return ""
+    return ",".join(f"{name}:{kind}" for name, kind in zip(chosen.files, chosen.kinds))
 
 
 def choice(expresult) -> Optional[WorkspaceChoice]:
