@@ -353,12 +353,13 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
     """The best distinct models of a run: rank, K, TL, particles and masses, combination."""
     from . import rescore as rescoring
     from .model import ProtoModel
-    entries = _entries(run_dir)
     from .runs import read_run_config
+
+    entries = _entries(run_dir)
     own = read_run_config(run_dir)["likelihood"]
     others = rescoring.rescored_likelihoods(run_dir, exclude=own)
-    for e in entries:
-        e["K_by_likelihood"] = rescoring.k_values(run_dir, e)
+    for e, k_by_likelihood in zip(entries, rescoring.k_values(run_dir, entries)):
+        e["K_by_likelihood"] = k_by_likelihood
     if as_json:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
@@ -403,7 +404,7 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database
     db = _run_database(run_dir, database_path, likelihood)
     result = sig.evaluate(model, db)
     report = significance_report(result, db, run_dir / f"hiscores/rank-{rank}.slha")
-    report["K_by_likelihood"] = rescoring.k_values(run_dir, entry)
+    report["K_by_likelihood"] = rescoring.k_values(run_dir, [entry])[0]
     report["model"] = model.to_dict()
     report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
     if as_json:

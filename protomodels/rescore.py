@@ -74,13 +74,14 @@ def rescored_likelihoods(run_dir: Path, exclude: str = "") -> List[str]:
             if name != exclude and rescore_path(run_dir, name).is_file()]
 
 
-def k_values(run_dir: Path, entry: Dict[str, Any]) -> Dict[str, float]:
-    """K of one hiscore entry by likelihood: the run's own, and every re-scored one
-    (NaN where that model was not re-scored)."""
+def k_values(run_dir: Path, entries: List[Dict[str, Any]]) -> List[Dict[str, float]]:
+    """K of each hiscore entry by likelihood: the run's own, and every re-scored one
+    (NaN where that model was not re-scored); run.json and each rescore file read once."""
     own = read_run_config(run_dir)["likelihood"]
-    values = {own: float(entry["K"])}
-    for name in rescored_likelihoods(run_dir, exclude=own):
-        rows = {(r["walker"], r["step"]): r for r in _read(rescore_path(run_dir, name))["rows"]}
-        row = rows.get((entry["walker"], entry["step"]))
-        values[name] = float(row["K"]) if row else math.nan
-    return values
+    rescored = {name: {(r["walker"], r["step"]): float(r["K"])
+                       for r in _read(rescore_path(run_dir, name))["rows"]}
+                for name in rescored_likelihoods(run_dir, exclude=own)}
+    return [{own: float(entry["K"]),
+             **{name: rows.get((entry["walker"], entry["step"]), math.nan)
+                for name, rows in rescored.items()}}
+            for entry in entries]
