@@ -18,6 +18,7 @@ import click
 
 from . import __version__
 from .exceptions import ProtomodelsError
+from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
 
 logger = logging.getLogger("protomodels")
 SCHEMA_VERSION = "protomodels.significance/1"
@@ -75,13 +76,13 @@ database_option = click.option(
          "[default: $PROTOMODELS_DATABASE, else ../shared/smodels-database-3.0.0.tar.xz].")
 
 likelihood_option = click.option(
-    "--likelihood", type=click.Choice(["simplified", "full"]), default="simplified",
+    "--likelihood", type=click.Choice(LIKELIHOODS), default=DEFAULT_LIKELIHOOD,
     show_default=True,
     help="Statistical model of pyhf results: 'simplified' (ATLAS' simplified workspace "
          "where published, else one built from the full workspace, cached) or 'full'.")
 
 run_likelihood_option = click.option(
-    "--likelihood", type=click.Choice(["simplified", "full"]), default=None,
+    "--likelihood", type=click.Choice(LIKELIHOODS), default=None,
     help="Statistical model of pyhf results [default: the run's own].")
 
 run_database_option = click.option(
@@ -262,7 +263,7 @@ def simplify(database_path: Optional[str], validate: bool, signals: int, costly_
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--likelihood", type=click.Choice(["simplified", "full"]), default="full",
+@click.option("--likelihood", type=click.Choice(LIKELIHOODS), default="full",
               show_default=True, help="Statistical model to re-score with.")
 @click.option("--top", type=click.IntRange(min=1), default=None,
               help="Only the best N hiscores [default: all].")
@@ -298,7 +299,7 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
                    "dask-jobqueue batch system (needs protomodels[cluster]).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="With --cluster local: worker processes; with a batch system: jobs.")
-@click.option("--likelihood", type=click.Choice(["simplified", "full"]), default=None,
+@click.option("--likelihood", type=click.Choice(LIKELIHOODS), default=None,
               help="Statistical model of pyhf results [default: simplified; a resumed run "
                    "keeps its own].")
 @database_option
