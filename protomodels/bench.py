@@ -136,7 +136,7 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
     from smodels.statistics.basicStats import observed
 
     from .statistics import simplified
-    from .statistics.validation import _computer
+    from .statistics.validation import workspace_computer
 
     rows = []
     for er in db.smodels.expResultList:
@@ -153,7 +153,7 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
             signal = {r: signal_events / len(srs) for r in srs}
             row: Dict[str, Any] = {"analysis": info.id, "file": name}
             for label, workspace in (("simplified", simple), ("full", full)):
-                computer = _computer(info, name, workspace, regions, signal)
+                computer = workspace_computer(info, name, workspace, regions, signal)
                 t0 = time.perf_counter()
                 cls = computer.CLs(mu, observed)
                 row[f"{label}_s"] = time.perf_counter() - t0

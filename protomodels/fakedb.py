@@ -160,7 +160,7 @@ def signal_predictions(model_text: str, db) -> Tuple[Dict[Tuple[str, str], float
     return events, ul_signals
 
 
-def _grid_coordinates(txnd) -> np.ndarray:
+def grid_coordinates(txnd) -> np.ndarray:
     """The map's grid points in its PCA coordinates, in the order of its y values."""
     tri = txnd.tri
     if txnd.dimensionality > 1:
@@ -175,7 +175,7 @@ def _grid_coordinates(txnd) -> np.ndarray:
 
 def injection_weights(txnd, point: List[float]) -> np.ndarray:
     """Per grid point, the fraction of the signal added to the limit there."""
-    coords = _grid_coordinates(txnd)
+    coords = grid_coordinates(txnd)
     target = np.asarray(txnd.PCAtransf(point), dtype=float)[:txnd.dimensionality]
     distance = np.linalg.norm(coords - target, axis=1)
     weights = np.exp(-0.5 * (distance / INJECTION_WIDTH_GEV) ** 2)

@@ -111,7 +111,7 @@ def test_loaded_fake_carries_every_recorded_value(fakes, subset_dir):
         expected = np.asarray(tx.txnameDataExp.y_values) * max(1 + row["x"] / 1.96, 0.1)
         assert np.allclose(tx.txnameData.y_values, expected, rtol=1e-12)
         # the interpolated limit anywhere on the grid is the shifted expected one
-        grid = fakedb._grid_coordinates(tx.txnameDataExp)
+        grid = fakedb.grid_coordinates(tx.txnameDataExp)
         point = grid[np.asarray(tx.txnameDataExp.tri.simplices[0], dtype=int)].mean(axis=0)
         flat = tx.txnameDataExp.inversePCAtransf(point)
         assert tx.txnameData.getValueFor(flat) == pytest.approx(

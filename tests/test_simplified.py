@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 import pytest
 
-from protomodels import fakedb, pvalue, significance
+from protomodels import fakedb, pvalue
 from protomodels.exceptions import RunError, WorkspaceError
 from protomodels.loader import load_database
 from protomodels.statistics import simplified, workspaces
@@ -164,14 +164,14 @@ def test_pyhf_cls_equals_pyhf_on_the_whole_workspace(both):
     import pyhf
     from smodels.statistics.basicStats import observed
 
-    from protomodels.statistics.validation import _computer
+    from protomodels.statistics.validation import workspace_computer
 
     for mode, db in both.items():
         info = next(er.globalInfo for er in db.results if hasattr(er.globalInfo, "jsonFiles"))
         index = 1  # the B workspace: one signal region
         name = list(info.jsonFiles)[index]
         regions = info.jsonFiles[name]
-        computer = _computer(info, name, info.jsons[index], regions, {"SRB": 10.0})
+        computer = workspace_computer(info, name, info.jsons[index], regions, {"SRB": 10.0})
         ours = computer.CLs(0.5, observed)
         spec = copy.deepcopy(info.jsons[index])
         for channel in spec["channels"]:

@@ -30,7 +30,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import simplified
-from .workspaces import OUR_SIMPLIFIED, _file_map
+from .workspaces import OUR_SIMPLIFIED, file_map
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def reproduction(db) -> List[Dict[str, Any]]:
             continue
         folder = Path(info.path).parent
         default_files = list(getattr(info, "_protomodels_default_workspaces", (info.jsonFiles,))[0])
-        for full_name, atlas_name in zip(_file_map(info.jsonFiles_FullLikelihood), default_files):
+        for full_name, atlas_name in zip(file_map(info.jsonFiles_FullLikelihood), default_files):
             full_path, atlas_path = folder / full_name, folder / atlas_name
             if not full_path.is_file():
                 continue
@@ -126,7 +126,7 @@ def validation_signals(expresult, regions: Sequence[str], count: int,
                        seed: int = 0) -> List[Dict[str, float]]:
     """``count`` signals (region -> events, SIGNAL_EVENTS in total) from the result's
     efficiency maps at grid points, spread evenly over its txnames and their grids."""
-    from ..fakedb import _grid_coordinates
+    from ..fakedb import grid_coordinates
 
     by_region = {ds.getID(): ds for ds in expresult.datasets}
     txnames = sorted({tx.txName for region in regions if region in by_region
@@ -136,7 +136,7 @@ def validation_signals(expresult, regions: Sequence[str], count: int,
         maps = [(region, tx) for region in regions if region in by_region
                 for tx in by_region[region].txnameList if tx.txName == txname]
         reference = max(maps, key=lambda m: len(m[1].txnameData.y_values))[1].txnameData
-        coordinates = _grid_coordinates(reference)
+        coordinates = grid_coordinates(reference)
         points = [reference.inversePCAtransf(list(c)) for c in coordinates]
         for point in points:
             signal = {}
@@ -180,8 +180,10 @@ def pyhf_backend(name: str) -> Iterator[None]:
         pyhf.set_backend(*previous)
 
 
-def _computer(info, file_name: str, workspace: Dict[str, Any], regions: List[Dict[str, Any]],
-              signal: Dict[str, float]):
+def workspace_computer(info, file_name: str, workspace: Dict[str, Any],
+                       regions: List[Dict[str, Any]], signal: Dict[str, float]):
+    """SModelS' pyhf computer (``PyhfUpperLimitComputer``) of ``signal`` (region -> events)
+    on one workspace alone, with the result's includeCRs and signal uncertainty."""
     from smodels.statistics.pyhfInterface import PyhfData, PyhfUpperLimitComputer
 
     include_crs = bool(getattr(info, "includeCRs", False))
@@ -195,7 +197,7 @@ def _computer(info, file_name: str, workspace: Dict[str, Any], regions: List[Dic
 def one_fit_seconds(info, file_name: str, workspace: Dict[str, Any],
                     regions: List[Dict[str, Any]], signal: Dict[str, float]) -> float:
     """Seconds of one fixed-mu fit of ``signal`` on a workspace."""
-    computer = _computer(info, file_name, workspace, regions, signal)
+    computer = workspace_computer(info, file_name, workspace, regions, signal)
     t0 = time.perf_counter()
     computer.likelihood(1.0, workspace_index=0, return_nll=True)
     return time.perf_counter() - t0
@@ -207,7 +209,7 @@ def evaluate_signal(info, file_name: str, workspace: Dict[str, Any],
     (region -> events) on one workspace, with SModelS' pyhf interface."""
     from smodels.statistics.basicStats import apriori, observed
 
-    computer = _computer(info, file_name, workspace, regions, signal)
+    computer = workspace_computer(info, file_name, workspace, regions, signal)
     t0 = time.perf_counter()
     ul_obs = computer.getUpperLimitOnMu(observed, workspace_index=0)
     ul_exp = computer.getUpperLimitOnMu(apriori, workspace_index=0)

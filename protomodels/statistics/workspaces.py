@@ -114,7 +114,8 @@ def _regions(regions: List[Any]) -> List[Dict[str, Any]]:
     return out
 
 
-def _file_map(value: Any) -> Dict[str, List[Dict[str, Any]]]:
+def file_map(value: Any) -> Dict[str, List[Dict[str, Any]]]:
+    """A ``jsonFiles``-style value (dict or its text) as file -> normalised regions."""
     if isinstance(value, str):
         import ast
         value = ast.literal_eval(value)
@@ -126,7 +127,7 @@ def _candidate(info, mode: str, default: Tuple[Dict[str, Any], List[Dict[str, An
                                       List[Optional[Dict[str, Any]]]]:
     """(jsonFiles, jsons, kinds, note, provenance) of ``mode`` for one result."""
     files, jsons = default
-    full_files = _file_map(info.jsonFiles_FullLikelihood) if hasattr(
+    full_files = file_map(info.jsonFiles_FullLikelihood) if hasattr(
         info, "jsonFiles_FullLikelihood") else None
     if mode == "full":
         if full_files is None:
