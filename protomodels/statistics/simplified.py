@@ -268,7 +268,9 @@ def cached(source: Path, analysis: str = "") -> Dict[str, Any]:
             spec = json.loads(source.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise WorkspaceError(f"{label}: cannot read {source} ({error})") from None
-        logger.info("%s: building its simplified likelihood (background-only fit)", label)
+        # WARNING, like the binary database's build: a minute of silence looks like a hang
+        logger.warning("%s: building its simplified likelihood (a background-only fit, up "
+                       "to a minute), once", label)
         t0 = time.perf_counter()
         simplified = build(spec, name=f"{label} ({source})")
         record = {
