@@ -96,3 +96,70 @@ def test_sms_dictionary_equals_smodels_own(subset_db):
     assert len(shipped) > 20 and 0 < len(shipped_filtered) < len(shipped)
     assert _sms_dict_shape(fast) == _sms_dict_shape(shipped)
     assert _sms_dict_shape(fast_filtered) == _sms_dict_shape(shipped_filtered)
+
+
+def test_lazy_workspaces_equal_smodels_own(subset_db):
+    """The workspaces SModelS' pyhf computer builds lazily, sharing the unpatched parts of
+    the published workspaces, equal those its own ``wsMaker`` builds (observed and
+    expected data, all three ATLAS-SUSY-2018-31 workspaces); the published workspaces are
+    left unchanged, and the limits agree exactly."""
+    import copy
+
+    from smodels.statistics.pyhfInterface import PyhfData, PyhfUpperLimitComputer
+
+    result = next(e for e in subset_db.smodels.expResultList
+                  if e.globalInfo.id == "ATLAS-SUSY-2018-31" and hasattr(e.globalInfo, "jsonFiles"))
+    info = result.globalInfo
+    assert len(info.jsons) == 3
+    published = copy.deepcopy(info.jsons)
+    nsignals = {name: {r["smodels"]: 1.0 + i for i, r in enumerate(regions)
+                       if r.get("smodels") and r.get("type", "SR") == "SR"}
+                for name, regions in info.jsonFiles.items()}
+
+    def computer():
+        data = PyhfData(copy.deepcopy(nsignals), info.jsons, copy.deepcopy(info.jsonFiles),
+                        False, None)
+        return PyhfUpperLimitComputer(data, cl=0.95)
+
+    assert PyhfUpperLimitComputer.wsMaker is overrides._lazy_ws_maker
+    lazy = computer()
+    lazy_workspaces = [dict(w) for w in lazy.workspaces] + [dict(w) for w in lazy.workspaces_expected]
+    lazy_ul = lazy.getUpperLimitOnMu(workspace_index=1)
+    with overrides.smodels_as_shipped():
+        assert PyhfUpperLimitComputer.wsMaker is not overrides._lazy_ws_maker
+        shipped = computer()
+        shipped_workspaces = ([dict(w) for w in shipped.workspaces]
+                              + [dict(w) for w in shipped.workspaces_expected])
+        shipped_ul = shipped.getUpperLimitOnMu(workspace_index=1)
+    assert lazy_workspaces == shipped_workspaces
+    assert lazy_workspaces[0]["observations"] != lazy_workspaces[3]["observations"]
+    assert info.jsons == published
+    assert lazy_ul == shipped_ul and 0 < lazy_ul < 10
+
+
+def test_shared_triangulations_interpolate_as_smodels_own(subset_db):
+    """Maps sharing one triangulation give, at every grid point and at points between
+    grid points, the values of the same maps in a copy of the binary database loaded by
+    SModelS alone (each with its own triangulation); sharing is real (fewer objects)."""
+    import numpy as np
+    from smodels.experiment.databaseObj import Database
+
+    own = Database(subset_db.path)
+    ours = {(e.globalInfo.id, d.getID(), t.txName): t.txnameData
+            for e in subset_db.smodels.expResultList for d in e.datasets for t in d.txnameList}
+    theirs = {(e.globalInfo.id, d.getID(), t.txName): t.txnameData
+              for e in own.expResultList for d in e.datasets for t in d.txnameList}
+    assert ours.keys() == theirs.keys()
+    delaunay = [k for k, data in ours.items() if hasattr(getattr(data, "tri", None), "nsimplex")]
+    assert len({id(ours[k].tri) for k in delaunay}) < len(delaunay) / 2
+    rng = np.random.default_rng(3)
+    compared = 0
+    for key in delaunay[::7]:
+        tri = theirs[key].tri
+        corners = tri.points[tri.simplices[rng.integers(tri.nsimplex, size=5)]]
+        weights = rng.dirichlet(np.ones(tri.ndim + 1), size=5)
+        for point in [*tri.points[:3], *np.einsum("svd,sv->sd", corners, weights)]:
+            a, b = ours[key].interpolate(point), theirs[key].interpolate(point)
+            assert a == b or (np.isnan(a) and np.isnan(b)), key
+            compared += 1
+    assert compared > 100
