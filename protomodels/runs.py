@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -372,7 +373,6 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     """Start or continue a run: load the database once, then one process per walker
     (forked after the load, so they share it), or one Dask task per walker with
     ``cluster`` (see ``protomodels.cluster``).  Returns a summary with crashed walkers."""
-    import sys
 
     out = Path(config.out)
     run_json = out / "run.json"
@@ -438,10 +438,24 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
             "progress": progress(out, config.walkers)}
 
 
+def jax_started() -> bool:
+    """Whether jax has started a backend in this process (its thread pools exist then)."""
+    bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(bridge is not None and getattr(bridge, "_backends", None))
+
+
 def freeze_before_fork() -> None:
-    """Take every object alive now (the loaded database: millions of them) out of the
-    garbage collector's reach, so that forked walkers neither scan it in their full
-    collections nor copy its pages by writing the collector's bookkeeping into them."""
+    """Check that forking is safe and take every object alive now (the loaded database:
+    millions of them) out of the garbage collector's reach, so that forked walkers neither
+    scan it in their full collections nor copy its pages by writing the collector's
+    bookkeeping into them.
+
+    Raises ``RunError`` if jax has started in this process: jax is multithreaded, and a
+    process forked from it can deadlock.  Walkers use pyhf's numpy backend; only
+    ``database simplify --validate --backend jax`` starts jax, and it forks nothing."""
+    if jax_started():
+        raise RunError("jax has started in this process, and forked walkers could deadlock: "
+                       "run walkers in a process that does not use pyhf's jax backend")
     gc.collect()
     gc.freeze()
 

@@ -215,3 +215,96 @@ def test_pvalue_refuses_runs_of_different_likelihoods(tmp_path):
                                                  "model": models.sbottom_higgs().to_dict()}])
     with pytest.raises(RunError, match="field 'config.likelihood' is 'full'"):
         pvalue.compare_runs(tmp_path / "real", [tmp_path / "fake"])
+
+
+_NO_JAX = """
+import sys
+class NoJax:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax" or name.startswith("jax."):
+            raise ImportError("this test forbids jax: " + name)
+sys.meta_path.insert(0, NoJax())
+"""
+
+
+def test_forked_walkers_never_start_jax(subset_dir, tmp_path):
+    """pyhf's jax backend must never be started before walkers fork (jax is
+    multithreaded; a forked copy can deadlock): a real forked walk on real pyhf results,
+    in a process where importing jax fails, completes."""
+    import subprocess
+    import sys
+
+    script = _NO_JAX + f"""
+from protomodels.runs import WalkConfig, walk
+summary = walk(WalkConfig(out={str(tmp_path / 'run')!r}, walkers=2, steps=4, seed=3,
+                          database={str(subset_dir)!r}))
+assert summary["crashed"] == [], summary
+assert [s["steps"] for s in summary["progress"]] == [4, 4], summary
+assert "jax" not in sys.modules
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_walkers_refuse_to_fork_once_jax_has_started(tmp_path):
+    """Once pyhf's jax backend has run in a process (``database simplify --validate
+    --backend jax``), forking walkers from it is refused with a clear error."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    script = """
+import pyhf
+from protomodels.exceptions import RunError
+from protomodels.runs import freeze_before_fork, jax_started
+from protomodels.statistics.validation import pyhf_backend
+freeze_before_fork()  # fine before jax
+model = pyhf.simplemodels.uncorrelated_background([5.0], [50.0], [5.0])
+with pyhf_backend("jax"):
+    pyhf.infer.hypotest(1.0, [52.0] + model.config.auxdata, model)
+assert jax_started() and pyhf.get_backend()[0].name == "numpy"
+try:
+    freeze_before_fork()
+except RunError as error:
+    assert "deadlock" in str(error)
+else:
+    raise SystemExit("forking was not refused")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
+    """A validation signal's outcome is recorded and read back instead of recomputed; a
+    different signal, or a line cut by an interrupted write, is computed (the pyhf
+    evaluation is replaced by a counting stand-in: this tests the record keeping)."""
+    from types import SimpleNamespace
+
+    from protomodels.statistics import validation
+
+    calls = []
+
+    def stand_in(info, name, workspace, regions, signal):
+        calls.append(name)
+        return {"ul_obs": 1.0 + len(calls), "ul_exp": 2.0, "mu_hat": 0.0, "t": 0.1, "seconds": 0.0}
+
+    monkeypatch.setattr(validation, "evaluate_signal", stand_in)
+    record_file = tmp_path / "v.jsonl"
+    info = SimpleNamespace(id="ATLAS-X")
+    ws_a, ws_b = {"channels": [1]}, {"channels": [2]}
+
+    def once(signal, records):
+        return validation._evaluate_both(info, "s.json", ws_a, [], info, "f.json", ws_b, [],
+                                         signal, "numpy", records, record_file)
+
+    first = once({"SR1": 10.0}, {})
+    assert calls == ["s.json", "f.json"]
+    again = once({"SR1": 10.0}, validation._read_records(record_file))
+    assert again == first and len(calls) == 2
+    once({"SR1": 5.0, "SR2": 5.0}, validation._read_records(record_file))
+    assert len(calls) == 4
+    with open(record_file, "a") as stream:
+        stream.write('{"key": "cut')
+    assert len(validation._read_records(record_file)) == 2

@@ -14,6 +14,11 @@ Two checks (SPEC section 9, ATL-PHYS-PUB-2021-038):
    do not depend on that normalisation).  Each signal is evaluated on both workspaces with
    SModelS' own pyhf interface: the observed and expected upper limits on mu and the test
    statistic K uses, t = 2 [nll(0) - nll(mu_hat)] with mu_hat >= 0.
+
+A full workspace's limits take minutes to hours per signal, so each signal's outcome is
+kept in the database cache (``<cache>/simplified/validation/``, one JSON line per signal,
+keyed by both workspaces' content, the signal, the backend and the pyhf version): an
+interrupted or extended validation (more ``--signals``) computes only what is missing.
 """
 
 from __future__ import annotations
@@ -222,6 +227,70 @@ def evaluate_signal(info, file_name: str, workspace: Dict[str, Any],
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
+def _signal_key(analysis: str, simple_ws: Dict[str, Any], full_ws: Dict[str, Any],
+                signal: Dict[str, float], backend: str) -> str:
+    """What a validation signal's outcome depends on, as a sha256 hex digest."""
+    import hashlib
+
+    import pyhf
+
+    blob = json.dumps({"analysis": analysis, "simplified": simple_ws, "full": full_ws,
+                       "signal": signal, "backend": backend, "pyhf": pyhf.__version__},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _record_file(analysis: str, file_name: str) -> Path:
+    from ..database import cache_dir
+
+    return cache_dir() / "simplified" / "validation" / f"{analysis}-{Path(file_name).stem}.jsonl"
+
+
+def _read_records(path: Path) -> Dict[str, Dict[str, Any]]:
+    """The signal outcomes recorded in ``path`` by key (unreadable lines are skipped: a
+    line cut by an interrupted write is recomputed)."""
+    records: Dict[str, Dict[str, Any]] = {}
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            records[record["key"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def _append_record(path: Path, record: Dict[str, Any]) -> None:
+    from ..atomic import file_lock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):
+        with open(path, "a") as stream:
+            stream.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: str, full_ws,
+                   full_regions, signal: Dict[str, float], backend: str,
+                   records: Dict[str, Dict[str, Any]], record_file: Path) -> Dict[str, Any]:
+    """One signal on the simplified and the full workspace, from the record if present."""
+    key = _signal_key(info.id, simple_ws, full_ws, signal, backend)
+    if key in records:
+        return records[key]
+    simple = evaluate_signal(info, name, simple_ws, regions, signal)
+    with pyhf_backend(backend):
+        full = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
+    record = {"key": key, "simplified": _plain(simple), "full": _plain(full)}
+    _append_record(record_file, record)
+    records[key] = record
+    return record
+
+
+def _plain(outcome: Dict[str, Any]) -> Dict[str, Any]:
+    """JSON-ready numbers (numpy and jax scalars as floats)."""
+    return {k: (None if v is None else float(v)) for k, v in outcome.items()}
+
+
 def validity(db_simplified, db_full, signals: int, costly_signals: int,
              patterns: Sequence[str], backend: str = "numpy") -> List[Dict[str, Any]]:
     """Check 2 (module docstring): per simplified workspace in use, its signals' limits and
@@ -253,11 +322,13 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             costly = fit_seconds > COSTLY_FIT_SECONDS
             wanted = costly_signals if costly else signals
             table = []
+            record_file = _record_file(info.id, name)
+            records = _read_records(record_file)
             for number, signal in enumerate(validation_signals(expresult, srs, wanted)):
-                simple = evaluate_signal(info, name, info.jsons[index], regions, signal)
-                with pyhf_backend(backend):
-                    full = evaluate_signal(full_info, full_name, full_info.jsons[index],
-                                           full_regions, signal)
+                both = _evaluate_both(info, name, info.jsons[index], regions, full_info,
+                                      full_name, full_info.jsons[index], full_regions, signal,
+                                      backend, records, record_file)
+                simple, full = both["simplified"], both["full"]
                 table.append({"signal": number, "regions": {r: round(v, 4) for r, v in signal.items()},
                               "simplified": simple, "full": full,
                               "ul_obs_ratio": _ratio(simple["ul_obs"], full["ul_obs"]),
