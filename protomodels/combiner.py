@@ -19,12 +19,11 @@ mu in the segment (see ``best_combination``).  Exact, singletons included.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import networkx as nx
 import numpy as np

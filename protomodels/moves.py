@@ -33,7 +33,7 @@ import numpy as np
 
 from .exceptions import ModelError
 from .model import (CHANNELS, LOWER_WALL, LSP, MAX_MASS, NAMES, ORDERED_PAIRS, ProtoModel,
-                    channel_spec, ssm_key)
+                    ssm_key)
 from .xsec import reference_xsecs
 
 P_ONE, P_ZERO = 0.8, 0.1  # reference probabilities of a multiplier being exactly 1 or 0

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .combiner import (EMPTY, CombinabilityMatrix, Combination, ResultKey, best_combination,
                        combinability_graph)

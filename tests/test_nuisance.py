@@ -3,7 +3,6 @@ profile on real results."""
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

@@ -153,7 +153,6 @@ def test_ctrl_c_checkpoints_the_last_step_and_resume_is_exact(tmp_path):
     import multiprocessing
     import os
     import signal
-    import time
 
     seed = walker_seeds(6, 1)[0]
     run_walker(tmp_path / "ref", seed, fake_score, 150, SPACE, checkpoint_every=50)
