@@ -3,7 +3,8 @@
 Writes go to a temporary file in the same folder, then a rename: readers (other walkers,
 a user's ``cat``) never see half a file, and a crash mid-write leaves the previous version
 intact.  ``file_lock`` serialises first builds and read-modify-write cycles between
-processes; ``read_json_record`` reads a file of ours and checks its schema id.
+processes; ``sole_writer`` refuses a second writer of a run; ``read_json_record`` reads a
+file of ours and checks its schema id.
 """
 
 from __future__ import annotations
@@ -42,6 +43,40 @@ def file_lock(lockfile: os.PathLike) -> Iterator[None]:
     lockfile.parent.mkdir(parents=True, exist_ok=True)
     with open(lockfile, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def sole_writer(lockfile: os.PathLike, error: Type[Exception], what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lockfile`` for the block, or raise ``error`` at once
+    naming the holder (host, process id, start time, written into the lock file) if
+    another process holds it.
+
+    The operating system releases the lock when its holder dies (SIGKILL included), so a
+    killed run never leaves it stuck; processes forked inside the block share it.  Linux
+    NFS clients implement ``flock`` with NFS locks, so it also works between the hosts of
+    a cluster sharing the file system."""
+    import socket
+    import time
+
+    lockfile = Path(lockfile)
+    lockfile.parent.mkdir(parents=True, exist_ok=True)
+    with open(lockfile, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise error(f"{lockfile.parent}: {what} is being written by {holder}; "
+                        "wait for it to end") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"host {socket.gethostname()} pid {os.getpid()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
         try:
             yield
         finally:

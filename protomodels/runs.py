@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .atomic import write_json_atomic, write_text_atomic
+from .atomic import sole_writer, write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
@@ -99,7 +99,8 @@ class WalkerStore:
         except FileNotFoundError:
             raise RunError(f"{self.checkpoint}: no checkpoint to resume from") from None
         except json.JSONDecodeError as error:
-            raise RunError(f"{self.checkpoint}: corrupt checkpoint ({error})") from None
+            raise RunError(f"{self.checkpoint}: corrupt checkpoint ({error}); this walker "
+                           "cannot be resumed: restore the file or start a new run") from None
         if data.get("schema") != CHECKPOINT_SCHEMA:
             raise RunError(f"{self.checkpoint}: schema {data.get('schema')!r}, "
                            f"expected {CHECKPOINT_SCHEMA!r}")
@@ -375,6 +376,15 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     ``cluster`` (see ``protomodels.cluster``).  Returns a summary with crashed walkers."""
 
     out = Path(config.out)
+    if resume and not (out / "run.json").exists():
+        raise RunError(f"{out / 'run.json'}: cannot resume (no such file)")
+    with sole_writer(out / "run.lock", RunError, "this run"):
+        return _walk(config, out, resume, score_factory, cluster, jobs)
+
+
+def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
+          cluster: Optional[str], jobs: Optional[int]) -> Dict[str, Any]:
+    """``walk`` while this process is the run's sole writer."""
     run_json = out / "run.json"
     if resume:
         try:
@@ -387,6 +397,8 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
                            LEGACY_LIKELIHOOD)
         config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
+        for i in range(config.walkers):  # a broken checkpoint stops the run before it starts
+            WalkerStore(out / f"walker-{i}").load_checkpoint()
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
     db = None

@@ -238,3 +238,85 @@ def test_a_walker_runs_numpy_blas_on_one_thread(tmp_path):
         blas = json.load(pipe)
     assert os.waitpid(pid, 0)[1] == 0
     assert blas and all(n == 1 for n in blas)
+
+
+def slow_factory():
+    import time
+
+    def score(model):
+        time.sleep(0.02)
+        return fake_score(model)
+    return score
+
+
+def test_a_second_writer_of_a_run_is_refused_and_histories_stay_intact(tmp_path):
+    """While one process writes a run (here a forked ``walk --resume``), a second
+    ``walk --resume`` of the same folder stops at once with an error naming the holder;
+    the first run's histories are exactly as long as its steps."""
+    import os
+    import time
+
+    from protomodels.runs import WalkConfig, progress, walk
+
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), walkers=2, steps=3, seed=4), score_factory=fake_factory)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            walk(WalkConfig(out=str(out), steps=60), resume=True, score_factory=slow_factory)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while f"pid {pid}" not in (out / "run.lock").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(RunError, match=rf"being written by host \S+ pid {pid} since"):
+        walk(WalkConfig(out=str(out), steps=5), resume=True, score_factory=fake_factory)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert [s["steps"] for s in progress(out, 2)] == [63, 63]
+    for i in range(2):
+        assert len((out / f"walker-{i}/history.jsonl").read_text().splitlines()) == 63
+    walk(WalkConfig(out=str(out), steps=2), resume=True, score_factory=fake_factory)  # free again
+
+
+def test_a_killed_writer_does_not_leave_the_run_locked(tmp_path):
+    import os
+    import signal
+    import time
+
+    from protomodels.atomic import sole_writer
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        with sole_writer(tmp_path / "run.lock", RunError, "this run"):
+            os.write(write_fd, b"x")
+            time.sleep(60)
+        os._exit(0)
+    os.read(read_fd, 1)
+    with pytest.raises(RunError, match="being written by"):
+        with sole_writer(tmp_path / "run.lock", RunError, "this run"):
+            pass
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    with sole_writer(tmp_path / "run.lock", RunError, "this run"):
+        pass
+
+
+def test_resume_with_a_truncated_checkpoint_stops_before_any_walker_runs(tmp_path):
+    """A truncated checkpoint is a one-line error naming the file and what to do, raised
+    before any walker starts: no history changes."""
+    from protomodels.runs import WalkConfig, walk
+
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), walkers=2, steps=4, seed=2), score_factory=fake_factory)
+    checkpoint = out / "walker-1/checkpoint.json"
+    checkpoint.write_text(checkpoint.read_text()[:40])
+    histories = [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
+    with pytest.raises(RunError) as error:
+        walk(WalkConfig(out=str(out), steps=5), resume=True, score_factory=fake_factory)
+    message = str(error.value)
+    assert "\n" not in message and "walker-1/checkpoint.json: corrupt checkpoint" in message
+    assert "start a new run" in message
+    assert histories == [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
