@@ -30,3 +30,18 @@ def paper_best() -> ProtoModel:
            (-1000001, 1000001): 24e-3 / ref[(-1000001, 1000001)]}
     return ProtoModel(masses=masses, decays={1000006: {"t XZ1": 1.0}, 1000001: {"q XZ1": 1.0}},
                       ssm=ssm)
+
+
+def frozen_benchmark_models():
+    """The 20 benchmark models as frozen before issue 12 changed any process
+    (``tests/data/benchmark_models.json``, made by ``bench.benchmark_models(20, seed=1)``),
+    so that before/after comparisons use the same models."""
+    import json
+    from pathlib import Path
+
+    from protomodels.model import ProtoModel
+
+    path = Path(__file__).parent / "data" / "benchmark_models.json"
+    record = json.loads(path.read_text())
+    assert record["schema"] == "protomodels.benchmark-models/1"
+    return [ProtoModel.from_dict(m, source=str(path)) for m in record["models"]]

@@ -97,15 +97,16 @@ def test_injection_closure(full_db, tmp_path):
 
 
 def test_benchmark_models_keep_smodels_numbers(full_db):
-    """The benchmark's 20 models give the same K (1e-6) and r (1e-5: SModelS' own root
-    search of a combined limit stops at a relative 1e-3) with the project's faster SModelS
-    internals as with SModelS' own code."""
-    from protomodels.bench import benchmark_models
+    """The 20 frozen benchmark models give the same K (1e-6) and r (1e-5: SModelS' own
+    root search of a combined limit stops at a relative 1e-3) with the project's faster
+    SModelS internals as with SModelS' own code."""
     from protomodels.overrides import smodels_as_shipped
+
+    from .models import frozen_benchmark_models
 
     def numbers():
         out = []
-        for model in benchmark_models(20, seed=1):
+        for model in frozen_benchmark_models():
             full_db.statistics.clear()
             result = significance.evaluate(model, full_db)
             out.append((result.K, result.r_max,
