@@ -26,7 +26,7 @@ import numpy as np
 from .atomic import sole_writer, write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
-from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
+from .statistics.workspaces import DEFAULT_LIKELIHOOD
 from .moves import Space, Unfreeze, default_moves
 from .walker import sample
 
@@ -279,9 +279,6 @@ class WalkConfig:
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
 
 
-_TYPES = {"out": str, "walkers": int, "steps": int, "seed": int, "temperature": (int, float),
-          "r_limit": (int, float), "checkpoint_every": int, "database": (str, type(None)),
-          "sqrts": list, "analyses": list, "likelihood": str}
 #: Runs made before the likelihood was a setting used SModelS' default workspaces: the
 #: full ones of ATLAS-SUSY-2018-04 and -16.  Resumed, they continue with "full".
 LEGACY_LIKELIHOOD = "full"
@@ -315,17 +312,17 @@ def load_config(path: Path) -> Dict[str, Any]:
             data = yaml.safe_load(text) or {}
     except Exception as error:
         raise RunError(f"{path}: malformed configuration ({error})") from None
-    if not isinstance(data, dict):
-        raise RunError(f"{path}: expected key = value entries")
-    for key, value in data.items():
-        if key not in _TYPES:
-            raise RunError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(_TYPES))})")
-        if not isinstance(value, _TYPES[key]) or isinstance(value, bool):
-            raise RunError(f"{path}: key {key!r} has the wrong type ({value!r})")
-    if "likelihood" in data and data["likelihood"] not in LIKELIHOODS:
-        raise RunError(f"{path}: key 'likelihood' is {data['likelihood']!r}, expected one of "
-                       f"{', '.join(LIKELIHOODS)}")
+    validate_config(data, str(path))
     return data
+
+
+def validate_config(values: Any, source: str) -> None:
+    """Check a run configuration (flags, a --config file, or run.json's 'config') against
+    the one schema ``protomodels/schemas/run-config.json``: known keys, types and ranges.
+    Raises ``RunError`` naming ``source``, the JSON path and the problem."""
+    from .schemas import validate
+
+    validate(values, "run-config", source, RunError)
 
 
 def _versions(db) -> Dict[str, Any]:
@@ -395,12 +392,14 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
         if "likelihood" not in stored["config"]:
             logger.warning("%s predates the likelihood setting: continuing with %r", run_json,
                            LEGACY_LIKELIHOOD)
+        validate_config(stored.get("config"), f"{run_json} (config)")
         config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
         for i in range(config.walkers):  # a broken checkpoint stops the run before it starts
             WalkerStore(out / f"walker-{i}").load_checkpoint()
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
+    validate_config(asdict(config), "walk configuration")
     db = None
     if score_factory is None:
         db, score = load_physics_score(config)

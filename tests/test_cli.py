@@ -137,10 +137,14 @@ def test_walk_config_errors_name_the_key(tmp_path):
     bad = tmp_path / "run.toml"
     bad.write_text('walkers = 2\nstep = 10\n')
     result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
-    assert result.exit_code == 1 and "unknown key 'step'" in result.stderr
+    assert result.exit_code == 1 and "run.toml: $: Additional properties are not allowed ('step'" in result.stderr
     bad.write_text('walkers = "two"\n')
     result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
-    assert result.exit_code == 1 and "key 'walkers' has the wrong type" in result.stderr
+    assert result.exit_code == 1 and "run.toml: $.walkers: 'two' is not of type 'integer'" in result.stderr
+    bad.write_text('walkers = 0\n')  # was accepted before the configuration had one schema
+    result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "$.walkers: 0 is less than the minimum of 1" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 def test_hiscores_and_show_of_a_run(tmp_path, subset_dir, subset_db):

@@ -320,3 +320,30 @@ def test_resume_with_a_truncated_checkpoint_stops_before_any_walker_runs(tmp_pat
     assert "\n" not in message and "walker-1/checkpoint.json: corrupt checkpoint" in message
     assert "start a new run" in message
     assert histories == [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
+
+
+def test_one_schema_validates_flags_files_and_run_json(tmp_path):
+    """The same ranges hold for a configuration file, the options passed to ``walk`` and
+    the configuration stored in a resumed run's run.json; the schema's likelihoods are
+    the project's."""
+    import json
+
+    from protomodels.runs import WalkConfig, load_config, walk
+    from protomodels.schemas import schema
+    from protomodels.statistics.workspaces import LIKELIHOODS
+
+    assert schema("run-config")["properties"]["likelihood"]["enum"] == list(LIKELIHOODS)
+    config = tmp_path / "run.yaml"
+    config.write_text("temperature: 0\n")
+    with pytest.raises(RunError, match=r"run.yaml: \$.temperature: 0 is less than or equal"):
+        load_config(config)
+    with pytest.raises(RunError, match=r"walk configuration: \$.checkpoint_every: 0 is less"):
+        walk(WalkConfig(out=str(tmp_path / "a"), walkers=1, steps=2, checkpoint_every=0),
+             score_factory=fake_factory)
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), walkers=1, steps=2, seed=1), score_factory=fake_factory)
+    stored = json.loads((out / "run.json").read_text())
+    stored["config"]["walkers"] = -1
+    (out / "run.json").write_text(json.dumps(stored))
+    with pytest.raises(RunError, match=r"run.json \(config\): \$.walkers: -1 is less"):
+        walk(WalkConfig(out=str(out), steps=2), resume=True, score_factory=fake_factory)
