@@ -10,6 +10,12 @@ import pytest
 
 from protomodels import database
 from protomodels.loader import load_database
+from protomodels.runs import one_blas_thread
+
+# As the command line does (``cli.main``): BLAS threads only spin on SModelS' and pyhf's
+# tiny matrices, and starve the other processes (scipy's triangulation transforms took
+# minutes instead of seconds while a second process used the other core).
+one_blas_thread()
 
 #: Real analyses (relative to the database root) that the unit-test database holds:
 #: UL and EM results at 8 and 13 TeV, one covariance (CMS-SUS-21-002) and one pyhf
