@@ -15,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Type
+from typing import Any, Dict, Iterator, Optional, Type
 
 
 def write_text_atomic(path: os.PathLike, text: str) -> None:
@@ -84,9 +84,11 @@ def sole_writer(lockfile: os.PathLike, error: Type[Exception], what: str) -> Ite
 
 
 def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
-                     what: str = "file") -> Dict[str, Any]:
+                     what: str = "file", validate_as: Optional[str] = None) -> Dict[str, Any]:
     """The JSON object in ``path`` whose field 'schema' is ``schema``; otherwise ``error``
-    with a one-line message naming the file (``what`` says what it should have been)."""
+    with a one-line message naming the file (``what`` says what it should have been).
+    With ``validate_as``, the whole object is checked against that shipped JSON schema
+    (``protomodels.schemas``; the message then also names the JSON path)."""
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as problem:
@@ -94,4 +96,8 @@ def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
     if not isinstance(record, dict) or record.get("schema") != schema:
         found = record.get("schema") if isinstance(record, dict) else record
         raise error(f"{path}: field 'schema' is {found!r:.60}, expected {schema!r}")
+    if validate_as:
+        from .schemas import validate
+
+        validate(record, validate_as, str(path), error)
     return record

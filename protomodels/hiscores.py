@@ -43,7 +43,7 @@ def read(path: Path) -> List[Dict[str, Any]]:
     path = Path(path)
     if not path.exists():
         return []
-    return read_json_record(path, SCHEMA, RunError, "hiscores file")["entries"]
+    return read_json_record(path, SCHEMA, RunError, "hiscores file", "hiscores")["entries"]
 
 
 def update(path: Path, candidates: List[Dict[str, Any]], keep: int = KEEP) -> List[Dict[str, Any]]:

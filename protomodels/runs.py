@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .atomic import sole_writer, write_json_atomic, write_text_atomic
+from .atomic import read_json_record, sole_writer, write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
@@ -94,17 +94,16 @@ class WalkerStore:
             "record": record, "rng": rng.bit_generator.state, "history_bytes": size})
 
     def load_checkpoint(self) -> Dict[str, Any]:
+        """The checkpoint, checked against its shipped schema; ``RunError`` (one line,
+        naming the file and, for a wrong field, its JSON path) if it cannot be resumed."""
+        if not self.checkpoint.exists():
+            raise RunError(f"{self.checkpoint}: no checkpoint to resume from")
         try:
-            data = json.loads(self.checkpoint.read_text())
-        except FileNotFoundError:
-            raise RunError(f"{self.checkpoint}: no checkpoint to resume from") from None
-        except json.JSONDecodeError as error:
-            raise RunError(f"{self.checkpoint}: corrupt checkpoint ({error}); this walker "
-                           "cannot be resumed: restore the file or start a new run") from None
-        if data.get("schema") != CHECKPOINT_SCHEMA:
-            raise RunError(f"{self.checkpoint}: schema {data.get('schema')!r}, "
-                           f"expected {CHECKPOINT_SCHEMA!r}")
-        return data
+            return read_json_record(self.checkpoint, CHECKPOINT_SCHEMA, RunError, "checkpoint",
+                                    "checkpoint")
+        except RunError as error:
+            raise RunError(f"{error}; this walker cannot be resumed: restore the file or "
+                           "start a new run") from None
 
     def truncate_history(self, size: int) -> None:
         """Drop the steps written after the checkpoint (they will be redone)."""
@@ -384,15 +383,11 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     """``walk`` while this process is the run's sole writer."""
     run_json = out / "run.json"
     if resume:
-        try:
-            stored = json.loads(run_json.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise RunError(f"{run_json}: cannot resume ({error})") from None
+        stored = read_json_record(run_json, RUN_SCHEMA, RunError, "run file", "run")
         steps = config.steps
         if "likelihood" not in stored["config"]:
             logger.warning("%s predates the likelihood setting: continuing with %r", run_json,
                            LEGACY_LIKELIHOOD)
-        validate_config(stored.get("config"), f"{run_json} (config)")
         config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
         for i in range(config.walkers):  # a broken checkpoint stops the run before it starts

@@ -60,7 +60,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     seed = walker_seeds(1, 1)[0]
     run_walker(tmp_path / "w", seed, fake_score, 5, SPACE)
     (tmp_path / "w/checkpoint.json").write_text("{not json")
-    with pytest.raises(RunError, match="checkpoint.json: corrupt checkpoint"):
+    with pytest.raises(RunError, match="checkpoint.json: unreadable checkpoint"):
         run_walker(tmp_path / "w", seed, fake_score, 5, SPACE, resume=True)
     with pytest.raises(RunError, match="no checkpoint"):
         run_walker(tmp_path / "none", seed, fake_score, 5, SPACE, resume=True)
@@ -317,7 +317,7 @@ def test_resume_with_a_truncated_checkpoint_stops_before_any_walker_runs(tmp_pat
     with pytest.raises(RunError) as error:
         walk(WalkConfig(out=str(out), steps=5), resume=True, score_factory=fake_factory)
     message = str(error.value)
-    assert "\n" not in message and "walker-1/checkpoint.json: corrupt checkpoint" in message
+    assert "\n" not in message and "walker-1/checkpoint.json: unreadable checkpoint" in message
     assert "start a new run" in message
     assert histories == [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
 
@@ -345,5 +345,30 @@ def test_one_schema_validates_flags_files_and_run_json(tmp_path):
     stored = json.loads((out / "run.json").read_text())
     stored["config"]["walkers"] = -1
     (out / "run.json").write_text(json.dumps(stored))
-    with pytest.raises(RunError, match=r"run.json \(config\): \$.walkers: -1 is less"):
+    with pytest.raises(RunError, match=r"run.json: \$.config.walkers: -1 is less"):
         walk(WalkConfig(out=str(out), steps=2), resume=True, score_factory=fake_factory)
+
+
+def test_run_files_are_checked_against_their_schemas(tmp_path):
+    """A wrong field in a checkpoint or in hiscores.json is a one-line error naming the
+    file and the field's JSON path (not a KeyError or a misread run)."""
+    import json
+
+    from protomodels import hiscores
+    from protomodels.runs import WalkConfig, walk
+
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), walkers=1, steps=3, seed=1), score_factory=fake_factory)
+    checkpoint = out / "walker-0/checkpoint.json"
+    data = json.loads(checkpoint.read_text())
+    data["model"]["masses"] = {"XZ1": "light"}
+    checkpoint.write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"checkpoint.json: \$.model.masses.XZ1: 'light' is not "
+                                       r"of type 'number'; this walker cannot be resumed"):
+        walk(WalkConfig(out=str(out), steps=2), resume=True, score_factory=fake_factory)
+    scores = out / "hiscores.json"
+    data = json.loads(scores.read_text())
+    del data["entries"][0]["rank"]
+    scores.write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"hiscores.json: \$.entries\[0\]: 'rank' is a required"):
+        hiscores.read(scores)
