@@ -10,7 +10,6 @@ canvas directly, so no global pyplot state (backend, open figures) is touched.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -22,6 +21,7 @@ import numpy as np
 from . import hiscores
 from .exceptions import ProtomodelsError, RunError
 from .model import FROZEN_MASS
+from .runs import read_history
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
@@ -79,22 +79,6 @@ def _walker_folders(run_dir: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def _read_history(folder: Path) -> List[Dict[str, Any]]:
-    """All steps of one walker; a corrupt line is an error naming the file and line."""
-    path = folder / "history.jsonl"
-    if not path.exists():
-        return []  # a walker that has not written its first step yet
-    steps = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            steps.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise RunError(f"{path}:{number}: corrupt history line ({error})") from None
-    return steps
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -109,7 +93,7 @@ def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
     ax = fig.add_subplot()
     best: Optional[Tuple[float, int]] = None
     for index, folder in walkers:
-        points = [(s["step"], s["K"]) for s in _read_history(folder)
+        points = [(s["step"], s["K"]) for s in read_history(folder)
                   if _finite(s.get("step")) and _finite(s.get("K"))]
         steps = [p[0] for p in points]
         ks = [p[1] for p in points]
@@ -286,7 +270,7 @@ def _best_mu(run_dir: Path) -> Tuple[Optional[float], Optional[float]]:
     mu_hat, mu_max = best.get("mu_hat"), best.get("mu_max")
     if mu_max is None and "walker" in best and "step" in best:
         folder = Path(run_dir) / f"walker-{best['walker']}"
-        for step in _read_history(folder):
+        for step in read_history(folder):
             if step.get("step") == best["step"]:
                 mu_max = step.get("mu_max")
                 break

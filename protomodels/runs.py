@@ -212,8 +212,20 @@ def update_hiscores(path: Path, candidates: List[Dict[str, Any]]) -> None:
 
 
 def read_history(folder: Path) -> List[Dict[str, Any]]:
+    """All steps of one walker (none if it has not written its first step yet); a corrupt
+    line is a ``RunError`` naming the file and line."""
     path = Path(folder) / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.exists():
+        return []
+    steps = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            steps.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise RunError(f"{path}:{number}: corrupt history line ({error})") from None
+    return steps
 
 
 def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
