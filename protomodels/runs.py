@@ -141,7 +141,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     one_blas_thread()
     store = WalkerStore(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if resume:
+    if resume and store.checkpoint.exists():  # without one it never finished its start: redo it
         state = store.load_checkpoint()
         store.truncate_history(state["history_bytes"])
         store.truncate_timings(state["step"])
@@ -386,6 +386,8 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     out = Path(config.out)
     if resume and not (out / "run.json").exists():
         raise RunError(f"{out / 'run.json'}: cannot resume (no such file)")
+    if not resume:
+        validate_config(asdict(config), "walk configuration")
     with sole_writer(out / "run.lock", RunError, "this run"):
         return _walk(config, out, resume, score_factory, cluster, jobs)
 
@@ -403,10 +405,11 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
         config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
         for i in range(config.walkers):  # a broken checkpoint stops the run before it starts
-            WalkerStore(out / f"walker-{i}").load_checkpoint()
+            store = WalkerStore(out / f"walker-{i}")
+            if store.checkpoint.exists():  # none yet: stopped during its first evaluation
+                store.load_checkpoint()
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
-    validate_config(asdict(config), "walk configuration")
     db = None
     if score_factory is None:
         db, score = load_physics_score(config)
@@ -440,8 +443,9 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
 
     if cluster:
         from . import cluster as dask_cluster
-        done = ([WalkerStore(out / f"walker-{i}").load_checkpoint()["step"]
-                 for i in range(config.walkers)] if resume else [0] * config.walkers)
+        stores = [WalkerStore(out / f"walker-{i}") for i in range(config.walkers)]
+        done = [s.load_checkpoint()["step"] if resume and s.checkpoint.exists() else 0
+                for s in stores]
         crashed = dask_cluster.run_walkers(out, seeds, [d + config.steps for d in done],
                                            asdict(config), cluster, jobs, report, score_factory)
         interrupted: List[int] = []

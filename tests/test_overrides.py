@@ -152,6 +152,10 @@ def test_shared_triangulations_interpolate_as_smodels_own(subset_db):
     assert ours.keys() == theirs.keys()
     delaunay = [k for k, data in ours.items() if hasattr(getattr(data, "tri", None), "nsimplex")]
     assert len({id(ours[k].tri) for k in delaunay}) < len(delaunay) / 2
+    for key in delaunay:  # every map's shared triangulation is its own, element by element
+        mine, own_tri = ours[key].tri, theirs[key].tri
+        assert np.array_equal(mine.points, own_tri.points), key
+        assert np.array_equal(mine.simplices, own_tri.simplices), key
     rng = np.random.default_rng(3)
     compared = 0
     for key in delaunay[::7]:

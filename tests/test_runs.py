@@ -62,8 +62,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "w/checkpoint.json").write_text("{not json")
     with pytest.raises(RunError, match="checkpoint.json: unreadable checkpoint"):
         run_walker(tmp_path / "w", seed, fake_score, 5, SPACE, resume=True)
-    with pytest.raises(RunError, match="no checkpoint"):
-        run_walker(tmp_path / "none", seed, fake_score, 5, SPACE, resume=True)
+    # a walker stopped before its first checkpoint starts again from its seed
+    run_walker(tmp_path / "none", seed, fake_score, 5, SPACE, resume=True)
+    run_walker(tmp_path / "fresh", seed, fake_score, 5, SPACE)
+    assert read_history(tmp_path / "none") == read_history(tmp_path / "fresh")
 
 
 def fake_factory():
@@ -240,13 +242,18 @@ def test_a_walker_runs_numpy_blas_on_one_thread(tmp_path):
     assert blas and all(n == 1 for n in blas)
 
 
-def slow_factory():
+def held_factory(release):
+    """A fake score that waits, at its first call, until the file ``release`` exists: the
+    run stays being written until the test lets it go."""
     import time
 
-    def score(model):
-        time.sleep(0.02)
-        return fake_score(model)
-    return score
+    def factory():
+        def score(model):
+            while not release.exists():
+                time.sleep(0.02)
+            return fake_score(model)
+        return score
+    return factory
 
 
 def test_a_second_writer_of_a_run_is_refused_and_histories_stay_intact(tmp_path):
@@ -264,7 +271,8 @@ def test_a_second_writer_of_a_run_is_refused_and_histories_stay_intact(tmp_path)
     if pid == 0:
         code = 1
         try:
-            walk(WalkConfig(out=str(out), steps=60), resume=True, score_factory=slow_factory)
+            walk(WalkConfig(out=str(out), steps=60), resume=True,
+                 score_factory=held_factory(tmp_path / "release"))
             code = 0
         finally:
             os._exit(code)
@@ -273,6 +281,7 @@ def test_a_second_writer_of_a_run_is_refused_and_histories_stay_intact(tmp_path)
         time.sleep(0.05)
     with pytest.raises(RunError, match=rf"being written by host \S+ pid {pid} since"):
         walk(WalkConfig(out=str(out), steps=5), resume=True, score_factory=fake_factory)
+    (tmp_path / "release").touch()
     assert os.waitpid(pid, 0)[1] == 0
     assert [s["steps"] for s in progress(out, 2)] == [63, 63]
     for i in range(2):

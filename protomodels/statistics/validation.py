@@ -227,17 +227,35 @@ def evaluate_signal(info, file_name: str, workspace: Dict[str, Any],
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
-def _signal_key(analysis: str, simple_ws: Dict[str, Any], full_ws: Dict[str, Any],
-                signal: Dict[str, float], backend: str) -> str:
-    """What a validation signal's outcome depends on, as a sha256 hex digest."""
+#: Bumped whenever the evaluation of a validation signal changes: older records are not used.
+RECORD_VERSION = 1
+
+
+def _digest(value: Any) -> str:
     import hashlib
 
-    import pyhf
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
-    blob = json.dumps({"analysis": analysis, "simplified": simple_ws, "full": full_ws,
-                       "signal": signal, "backend": backend, "pyhf": pyhf.__version__},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+
+def _inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]]) -> str:
+    """What a workspace's evaluations depend on besides the signal: the workspace, its
+    region-to-channel mapping, includeCRs and the signal uncertainty."""
+    return _digest({"workspace": workspace, "regions": regions,
+                    "includeCRs": bool(getattr(info, "includeCRs", False)),
+                    "signalUncertainty": getattr(info, "signalUncertainty", None)})
+
+
+def _signal_key(analysis: str, simple_inputs: str, full_inputs: str,
+                signal: Dict[str, float], backend: str) -> str:
+    """What a validation signal's outcome depends on, as a sha256 hex digest: both
+    workspaces' inputs (``_inputs_digest``), the signal, the backend, the pyhf and SModelS
+    versions and ``RECORD_VERSION``."""
+    import pyhf
+    from smodels import installation
+
+    return _digest({"analysis": analysis, "simplified": simple_inputs, "full": full_inputs,
+                    "signal": signal, "backend": backend, "pyhf": pyhf.__version__,
+                    "smodels": installation.version(), "record": RECORD_VERSION})
 
 
 def _record_file(analysis: str, file_name: str) -> Path:
@@ -272,9 +290,13 @@ def _append_record(path: Path, record: Dict[str, Any]) -> None:
 
 def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: str, full_ws,
                    full_regions, signal: Dict[str, float], backend: str,
-                   records: Dict[str, Dict[str, Any]], record_file: Path) -> Dict[str, Any]:
-    """One signal on the simplified and the full workspace, from the record if present."""
-    key = _signal_key(info.id, simple_ws, full_ws, signal, backend)
+                   records: Dict[str, Dict[str, Any]], record_file: Path,
+                   digests: Optional[Tuple[str, str]] = None) -> Dict[str, Any]:
+    """One signal on the simplified and the full workspace, from the record if present
+    (``digests``: both workspaces' ``_inputs_digest``, computed here if not given)."""
+    digests = digests or (_inputs_digest(info, simple_ws, regions),
+                          _inputs_digest(full_info, full_ws, full_regions))
+    key = _signal_key(info.id, *digests, signal, backend)
     if key in records:
         return records[key]
     simple = evaluate_signal(info, name, simple_ws, regions, signal)
@@ -324,10 +346,12 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             table = []
             record_file = _record_file(info.id, name)
             records = _read_records(record_file)
+            digests = (_inputs_digest(info, info.jsons[index], regions),
+                       _inputs_digest(full_info, full_info.jsons[index], full_regions))
             for number, signal in enumerate(validation_signals(expresult, srs, wanted)):
                 both = _evaluate_both(info, name, info.jsons[index], regions, full_info,
                                       full_name, full_info.jsons[index], full_regions, signal,
-                                      backend, records, record_file)
+                                      backend, records, record_file, digests)
                 simple, full = both["simplified"], both["full"]
                 table.append({"signal": number, "regions": {r: round(v, 4) for r, v in signal.items()},
                               "simplified": simple, "full": full,
