@@ -309,15 +309,22 @@ def _patch_maker_keeping_channels(self):
     return [[op for op in patch if op.get("op") != "remove"] for patch in patches]
 
 
+def _replace_method(cls: type, name: str, replacement: Any, saved_as: str) -> bool:
+    """Make ``replacement`` the method ``name`` of ``cls``, SModelS' own kept as attribute
+    ``saved_as`` (idempotent; True if it changed)."""
+    if getattr(cls, name) is replacement:
+        return False
+    setattr(cls, saved_as, getattr(cls, name))
+    setattr(cls, name, replacement)
+    return True
+
+
 def workspaces_keep_channels() -> bool:
     """Install ``_patch_maker_keeping_channels`` (idempotent; True if it changed)."""
     from smodels.statistics.pyhfInterface import PyhfUpperLimitComputer
 
-    if PyhfUpperLimitComputer.patchMaker is _patch_maker_keeping_channels:
-        return False
-    PyhfUpperLimitComputer._protomodels_patch_maker = PyhfUpperLimitComputer.patchMaker
-    PyhfUpperLimitComputer.patchMaker = _patch_maker_keeping_channels
-    return True
+    return _replace_method(PyhfUpperLimitComputer, "patchMaker", _patch_maker_keeping_channels,
+                           "_protomodels_patch_maker")
 
 
 def _patched_workspace(spec: Dict[str, Any], patch: List[Dict[str, Any]],
@@ -394,11 +401,8 @@ def lazy_workspaces() -> bool:
     """Install ``_lazy_ws_maker`` (idempotent; True if it changed)."""
     from smodels.statistics.pyhfInterface import PyhfUpperLimitComputer
 
-    if PyhfUpperLimitComputer.wsMaker is _lazy_ws_maker:
-        return False
-    PyhfUpperLimitComputer._protomodels_ws_maker = PyhfUpperLimitComputer.wsMaker
-    PyhfUpperLimitComputer.wsMaker = _lazy_ws_maker
-    return True
+    return _replace_method(PyhfUpperLimitComputer, "wsMaker", _lazy_ws_maker,
+                           "_protomodels_ws_maker")
 
 
 def fast_sms_dictionary() -> bool:
