@@ -381,3 +381,15 @@ def test_run_files_are_checked_against_their_schemas(tmp_path):
     scores.write_text(json.dumps(data))
     with pytest.raises(RunError, match=r"hiscores.json: \$.entries\[0\]: 'rank' is a required"):
         hiscores.read(scores)
+
+
+def test_shipped_schemas_name_the_ids_the_code_writes():
+    """Each shipped schema's 'schema' constant is the id the code writes into the file, so
+    the two cannot drift apart."""
+    from protomodels import hiscores
+    from protomodels.runs import CHECKPOINT_SCHEMA, RUN_SCHEMA
+    from protomodels.schemas import schema
+
+    for name, written in (("run", RUN_SCHEMA), ("checkpoint", CHECKPOINT_SCHEMA),
+                          ("hiscores", hiscores.SCHEMA)):
+        assert schema(name)["properties"]["schema"]["const"] == written
