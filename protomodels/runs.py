@@ -368,9 +368,7 @@ def progress(out: Path, walkers: int) -> List[Dict[str, Any]]:
     """Steps done, acceptance and best K of every walker, from the histories on disk."""
     status = []
     for i in range(walkers):
-        path = Path(out) / f"walker-{i}" / "history.jsonl"
-        lines = path.read_text().splitlines() if path.exists() else []
-        entries = [json.loads(line) for line in lines if line.strip()]
+        entries = read_history(Path(out) / f"walker-{i}")
         status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
                        "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
                        "best_K": max((e["K"] for e in entries), default=None)})
@@ -404,12 +402,14 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
                            LEGACY_LIKELIHOOD)
         config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
         config.steps = steps
-        for i in range(config.walkers):  # a broken checkpoint stops the run before it starts
-            store = WalkerStore(out / f"walker-{i}")
-            if store.checkpoint.exists():  # none yet: stopped during its first evaluation
-                store.load_checkpoint()
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
+    # Steps each walker has done.  On resume its checkpoint is read here, so a broken one
+    # stops the run before any walker starts; none yet: it stopped during its first
+    # evaluation and starts again from its seed.
+    stores = [WalkerStore(out / f"walker-{i}") for i in range(config.walkers)]
+    done = [s.load_checkpoint()["step"] if resume and s.checkpoint.exists() else 0
+            for s in stores]
     db = None
     if score_factory is None:
         db, score = load_physics_score(config)
@@ -443,9 +443,6 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
 
     if cluster:
         from . import cluster as dask_cluster
-        stores = [WalkerStore(out / f"walker-{i}") for i in range(config.walkers)]
-        done = [s.load_checkpoint()["step"] if resume and s.checkpoint.exists() else 0
-                for s in stores]
         crashed = dask_cluster.run_walkers(out, seeds, [d + config.steps for d in done],
                                            asdict(config), cluster, jobs, report, score_factory)
         interrupted: List[int] = []

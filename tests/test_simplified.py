@@ -295,9 +295,11 @@ def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
     info = SimpleNamespace(id="ATLAS-X")
     ws_a, ws_b = {"channels": [1]}, {"channels": [2]}
 
+    digests = (validation._inputs_digest(info, ws_a, []), validation._inputs_digest(info, ws_b, []))
+
     def once(signal, records):
         return validation._evaluate_both(info, "s.json", ws_a, [], info, "f.json", ws_b, [],
-                                         signal, "numpy", records, record_file)
+                                         signal, "numpy", records, record_file, digests)
 
     first = once({"SR1": 10.0}, {})
     assert calls == ["s.json", "f.json"]

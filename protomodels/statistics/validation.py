@@ -291,11 +291,9 @@ def _append_record(path: Path, record: Dict[str, Any]) -> None:
 def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: str, full_ws,
                    full_regions, signal: Dict[str, float], backend: str,
                    records: Dict[str, Dict[str, Any]], record_file: Path,
-                   digests: Optional[Tuple[str, str]] = None) -> Dict[str, Any]:
+                   digests: Tuple[str, str]) -> Dict[str, Any]:
     """One signal on the simplified and the full workspace, from the record if present
-    (``digests``: both workspaces' ``_inputs_digest``, computed here if not given)."""
-    digests = digests or (_inputs_digest(info, simple_ws, regions),
-                          _inputs_digest(full_info, full_ws, full_regions))
+    (``digests``: both workspaces' ``_inputs_digest``, computed once per file)."""
     key = _signal_key(info.id, *digests, signal, backend)
     if key in records:
         return records[key]
