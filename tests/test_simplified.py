@@ -276,6 +276,71 @@ else:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _simplified_a(db):
+    """ATLAS-SUSY-2018-31's simplifiedA workspace: its globalInfo, file name, workspace,
+    regions, signal-region names and expResult."""
+    er = next(er for er in db.smodels.expResultList if hasattr(er.globalInfo, "jsonFiles"))
+    info = er.globalInfo
+    name = list(info.jsonFiles)[0]
+    regions = info.jsonFiles[name]
+    srs = [r["smodels"] for r in regions if r.get("smodels") and r.get("type", "SR") == "SR"]
+    return info, name, info.jsons[0], regions, srs, er
+
+
+def test_signal_as_parameters_equals_smodels_pyhf_interface(both):
+    """The workspace with its signal as fixed shapefactor parameters (the jax path of the
+    validation) gives SModelS' own upper limits, mu_hat and t (SModelS'
+    PyhfUpperLimitComputer on the patched workspace), on ATLAS' simplified A workspace of
+    ATLAS-SUSY-2018-31 (several signal regions, control regions kept) for real signals."""
+    from protomodels.statistics import validation
+    from protomodels.statistics.fixed_signal import SignalAsParameters
+
+    info, name, workspace, regions, srs, er = _simplified_a(both["simplified"])
+    ours = SignalAsParameters(info, name, workspace, regions)
+    signals = validation.validation_signals(er, srs, 2)
+    signals.append({srs[0]: 3.0, srs[-1]: 40.0})  # a larger signal: the limit is rescaled
+    for signal in signals:
+        theirs = validation.evaluate_signal(info, name, workspace, regions, signal)
+        mine = ours.evaluate(signal)
+        for key in ("ul_obs", "ul_exp"):
+            assert mine[key] == pytest.approx(theirs[key], rel=2e-3), (key, signal)
+        assert mine["t"] == pytest.approx(theirs["t"], abs=2e-3), signal
+        assert mine["mu_hat"] == pytest.approx(theirs["mu_hat"], abs=2e-3), signal
+    assert ours.upper_limit({}, expected=False) is None  # no signal, no limit
+
+
+def test_signal_as_parameters_compiles_once_with_jax(subset_dir):
+    """With pyhf's jax backend, a second signal reuses the compiled fits of the first (the
+    reason for this evaluator: SModelS' interface recompiles at every call).  In a
+    subprocess: jax must not start in the test process, whose walkers fork."""
+    pytest.importorskip("jax")
+    import subprocess
+    import sys
+
+    script = f"""
+from pyhf.optimize import opt_jax
+from protomodels.loader import load_database
+from protomodels.statistics import validation
+from protomodels.statistics.fixed_signal import SignalAsParameters
+from tests.test_simplified import _simplified_a
+info, name, workspace, regions, srs, er = _simplified_a(load_database({str(subset_dir)!r}, "simplified"))
+first, second = validation.validation_signals(er, srs, 2)
+with validation.pyhf_backend("jax"):
+    evaluator = SignalAsParameters(info, name, workspace, regions)
+    one = evaluator.evaluate(first)
+    compiled = opt_jax._jitted_objective_and_grad._cache_size()
+    two = evaluator.evaluate(second)
+    assert opt_jax._jitted_objective_and_grad._cache_size() == compiled, compiled
+smodels = validation.evaluate_signal(info, name, workspace, regions, second)
+assert abs(two["ul_obs"] / smodels["ul_obs"] - 1) < 2e-3, (two, smodels)
+"""
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
     """A validation signal's outcome is recorded and read back instead of recomputed; a
     different signal, or a line cut by an interrupted write, is computed (the pyhf

@@ -13,7 +13,11 @@ Two checks (SPEC section 9, ATL-PHYS-PUB-2021-038):
    evenly along each map, the signal normalised to 10 events in total: the ratios below
    do not depend on that normalisation).  Each signal is evaluated on both workspaces with
    SModelS' own pyhf interface: the observed and expected upper limits on mu and the test
-   statistic K uses, t = 2 [nll(0) - nll(mu_hat)] with mu_hat >= 0.
+   statistic K uses, t = 2 [nll(0) - nll(mu_hat)] with mu_hat >= 0.  With ``--backend
+   jax`` the full workspace is evaluated by ``fixed_signal.SignalAsParameters`` instead:
+   the same likelihood, limits and root search, with the signal as fixed parameters so
+   the fits compile once per workspace (SModelS' interface builds a new model, hence a
+   new compilation, at every call).
 
 A full workspace's limits take minutes to hours per signal, so each signal's outcome is
 kept in the database cache (``<cache>/simplified/validation/``, one JSON line per signal,
@@ -28,6 +32,7 @@ import copy
 import fnmatch
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -248,14 +253,36 @@ def _inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]
 def _signal_key(analysis: str, simple_inputs: str, full_inputs: str,
                 signal: Dict[str, float], backend: str) -> str:
     """What a validation signal's outcome depends on, as a sha256 hex digest: both
-    workspaces' inputs (``_inputs_digest``), the signal, the backend, the pyhf and SModelS
-    versions and ``RECORD_VERSION``."""
+    workspaces' inputs (``_inputs_digest``), the signal, the backend (with jax, the full
+    workspace's evaluator, ``fixed_signal``), the pyhf and SModelS versions and
+    ``RECORD_VERSION``."""
     import pyhf
     from smodels import installation
 
-    return _digest({"analysis": analysis, "simplified": simple_inputs, "full": full_inputs,
-                    "signal": signal, "backend": backend, "pyhf": pyhf.__version__,
-                    "smodels": installation.version(), "record": RECORD_VERSION})
+    inputs = {"analysis": analysis, "simplified": simple_inputs, "full": full_inputs,
+              "signal": signal, "backend": backend, "pyhf": pyhf.__version__,
+              "smodels": installation.version(), "record": RECORD_VERSION}
+    if backend == "jax":
+        inputs["full_evaluator"] = "fixed_signal/1"
+    return _digest(inputs)
+
+
+_FULL_EVALUATORS: Dict[Tuple[str, str], Any] = {}
+
+
+def full_evaluator(info, file_name: str, workspace: Dict[str, Any],
+                   regions: List[Dict[str, Any]]):
+    """The full workspace with its signal as fixed parameters (``fixed_signal``), built once
+    per file and process: with jax, its fits compile once for every signal."""
+    from .fixed_signal import SignalAsParameters
+
+    key = (info.id, file_name)
+    if key not in _FULL_EVALUATORS:
+        _FULL_EVALUATORS.clear()  # one full workspace at a time: each holds compiled fits
+        if "jax" in sys.modules:
+            sys.modules["jax"].clear_caches()  # which reference the models they were built for
+        _FULL_EVALUATORS[key] = SignalAsParameters(info, file_name, workspace, regions)
+    return _FULL_EVALUATORS[key]
 
 
 def _record_file(analysis: str, file_name: str) -> Path:
@@ -299,7 +326,10 @@ def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: st
         return records[key]
     simple = evaluate_signal(info, name, simple_ws, regions, signal)
     with pyhf_backend(backend):
-        full = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
+        if backend == "jax":
+            full = full_evaluator(full_info, full_name, full_ws, full_regions).evaluate(signal)
+        else:
+            full = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
     record = {"key": key, "simplified": _plain(simple), "full": _plain(full)}
     _append_record(record_file, record)
     records[key] = record
