@@ -127,3 +127,19 @@ def test_benchmark_models_keep_smodels_numbers(full_db):
             assert (rs[key] is None) == (r is None), key
             if r is not None:
                 assert rs[key] == pytest.approx(r, rel=1e-5), key
+
+
+def test_neutralino_pairs_reach_cms_sus_20_004(full_db):
+    """Issue 12: neutral electroweak partners are pair-produced.  XZ2 -> h XZ1 with no
+    XSECTION block (reference cross sections: the higgsino-like N1N2 table, XZ2 XZ2 at
+    300 GeV and XZ1 XZ2 at the mean 225 GeV) gets SModelS predictions from CMS-SUS-20-004,
+    the di-Higgs search, which it could not have when only charginos were produced."""
+    from protomodels.model import ProtoModel
+    from protomodels.predictor import predict
+    from protomodels.xsec import effective_xsecs
+
+    model = ProtoModel(masses={1000022: 150.0, 1000023: 300.0}, decays={1000023: {"h XZ1": 1.0}})
+    xsecs = effective_xsecs(model)
+    assert set(xsecs) == {(13, (1000022, 1000023)), (13, (1000023, 1000023))}
+    ids = {(p.analysis_id, p.data_type) for p in predict(model, full_db) if p.r_known}
+    assert ("CMS-SUS-20-004", "combined") in ids, ids

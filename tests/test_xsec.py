@@ -153,6 +153,13 @@ def test_process_keys_and_charge_conjugates():
         (1000023, 1000024),  # XW1+ XZ2
         (-1000024, 1000023),  # XW1- XZ2
         (-1000037, 1000037),
+        # higgsino-like tables (issue 12): neutral pairs, the other charged-neutral pairs,
+        # the mixed chargino pair
+        (1000022, 1000023), (1000023, 1000023),
+        (1000022, 1000024), (-1000024, 1000022),
+        (1000022, 1000037), (-1000037, 1000022),
+        (1000023, 1000037), (-1000037, 1000023),
+        (-1000037, 1000024), (-1000024, 1000037),
     }
     assert all(a <= b for a, b in out)
     assert out[(1000021, 1000021)] == pytest.approx(0.385, rel=1e-12)
@@ -168,10 +175,79 @@ def test_process_keys_and_charge_conjugates():
 
 def test_second_doublet_only_with_its_own_partner():
     out = xsec.reference_xsecs({1000022: 100.0, 1000024: 300.0, 1000025: 350.0}, 13)
-    assert set(out) == {(-1000024, 1000024)}  # XW1 XZ3 is left out
+    # XW1 XZ3 is not a wino-like doublet: the higgsino-like N2C1 tables at the mean mass
+    assert out[(1000024, 1000025)] == pytest.approx(_raw_xsec("xsecN2C1p13hino.txt", 325.0) * 1e-3)
+    assert out[(-1000024, 1000025)] == pytest.approx(_raw_xsec("xsecN2C1m13hino.txt", 325.0) * 1e-3)
     out = xsec.reference_xsecs({1000022: 100.0, 1000024: 300.0, 1000037: 300.0, 1000025: 350.0}, 13)
     assert out[(1000025, 1000037)] == pytest.approx(191.314e-3, rel=1e-12)
     assert out[(-1000037, 1000025)] == pytest.approx(90.6096e-3, rel=1e-12)
+
+
+# (pids with masses, process key, table file, mass looked up, share of the table)
+HIGGSINO_ROWS = [
+    ({1000022: 100.0, 1000023: 200.0}, (1000022, 1000023), "xsecN2N113hino.txt", 150.0, 1.0),
+    ({1000022: 100.0, 1000023: 250.0}, (1000023, 1000023), "xsecN2N113hino.txt", 250.0, 1.0),
+    ({1000022: 50.0, 1000023: 300.0, 1000025: 500.0}, (1000023, 1000025), "xsecN2N113hino.txt", 400.0, 1.0),
+    ({1000022: 50.0, 1000025: 600.0}, (1000025, 1000025), "xsecN2N113hino.txt", 600.0, 1.0),
+    ({1000022: 50.0, 1000025: 450.0}, (1000022, 1000025), "xsecN2N113hino.txt", 250.0, 1.0),
+    ({1000022: 150.0, 1000024: 250.0}, (1000022, 1000024), "xsecN2C1p13hino.txt", 200.0, 1.0),
+    ({1000022: 150.0, 1000024: 250.0}, (-1000024, 1000022), "xsecN2C1m13hino.txt", 200.0, 1.0),
+    ({1000022: 100.0, 1000024: 300.0, 1000037: 500.0}, (-1000037, 1000024), "xsecC1C113hino.txt", 400.0, 0.5),
+    ({1000022: 100.0, 1000024: 300.0, 1000037: 500.0}, (-1000024, 1000037), "xsecC1C113hino.txt", 400.0, 0.5),
+]
+
+
+@pytest.mark.parametrize("masses,key,filename,mass,share", HIGGSINO_ROWS)
+def test_electroweak_pairs_from_higgsino_tables_at_grid_points(masses, key, filename, mass, share):
+    """Each new electroweak process at a mean mass that is a table row: the row's value
+    (fb in these files) times its share; none at 8 TeV (the tables are 13 TeV only)."""
+    out = xsec.reference_xsecs(masses, 13)
+    assert out[key] == pytest.approx(share * _raw_xsec(filename, mass) * 1e-3, rel=1e-12)
+    assert key not in xsec.reference_xsecs(masses, 8)
+
+
+def test_every_table_is_positive_and_falls_from_its_trusted_end_to_2400_gev():
+    """The tails (module docstring): from the last trusted row up to 2400 GeV every table
+    is positive and non-increasing, continuous at the trusted end, and the higgsino
+    tables' rounded or rising last rows are replaced (N2C1p/m print "0.01" fb)."""
+    for name in xsec.TABLE_PROCESSES:
+        for sqrts in (xsec.HIGGSINO_SQRTS,) if name.endswith("hino") else xsec.SQRTS_VALUES:
+            table = xsec.load_table(name, sqrts)
+            end = float(table.masses[table.trusted_end])
+            grid = np.arange(end, max(end, 2400.0) + 1e-9, 5.0)
+            values = np.array([table(m, extrapolate=True) for m in grid])
+            assert np.all(values > 0), (name, sqrts)
+            assert np.all(np.diff(values) <= 0), (name, sqrts)
+            assert values[0] == pytest.approx(float(table.xsecs_pb[table.trusted_end]), rel=1e-12)
+            if not name.endswith("hino"):  # unchanged: trusted to the last row
+                assert table.trusted_end == len(table.masses) - 1, (name, sqrts)
+    n2c1p = xsec.load_table("N2C1phino", 13)
+    assert n2c1p.masses[n2c1p.trusted_end] == 1275.0  # "1275 0.05": rounded by 10%
+    c1c1 = xsec.load_table("C1C1hino", 13)
+    assert c1c1.masses[c1c1.trusted_end] == 1475.0  # 1500 GeV's row is above 1475's
+    # the replaced rows stay within their printed rounding: 1500 GeV "0.01" fb = 0.005-0.015
+    assert 0.5e-5 <= n2c1p(1500.0) <= 1.5e-5
+
+
+def test_higgsino_tail_follows_the_reference_shape():
+    """Above its last row the N1N2 table follows the N2C1p (wino, 13 TeV) table's mass
+    dependence, normalised at 1450 GeV (by hand from the two tables' rows)."""
+    n1n2, shape = xsec.load_table("N2N1hino", 13), xsec.load_table("N2C1p", 13)
+    expected = _raw_xsec("xsecN2N113hino.txt", 1450.0) * 1e-3 * (
+        _raw_xsec("xsecN2C1p13.txt", 1800.0) / shape(1450.0))
+    assert n1n2(1800.0, extrapolate=True) == pytest.approx(expected * 1e-3, rel=1e-9)
+
+
+def test_slepton_table_is_the_sum_of_left_and_right():
+    """The L+R slepton table that a proto-model's slepton gets equals the sum of the
+    separate left- and right-handed tables at every row (the documented choice)."""
+    for sqrts in xsec.SQRTS_VALUES:
+        both = xsec.load_table("slepslep", sqrts)
+        left = xsec.XsecTable.from_file(xsec.xsec_dir() / f"xsecslepLslepL{sqrts}.txt", sqrts)
+        right = xsec.XsecTable.from_file(xsec.xsec_dir() / f"xsecslepRslepR{sqrts}.txt", sqrts)
+        for mass, value in zip(both.masses, both.xsecs_pb):
+            if left.masses[0] <= mass <= left.masses[-1]:
+                assert value == pytest.approx(left(mass) + right(mass), rel=0.02), (sqrts, mass)
 
 
 def test_bad_inputs():
