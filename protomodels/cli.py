@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import click
 
@@ -283,13 +283,22 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
 
 
 @cli.command()
-@click.option("--walkers", type=click.IntRange(min=1), default=None, help="Walker processes [default: all cores].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per walker (with --resume: more steps).")
+@click.option("--walkers", type=click.IntRange(min=1), default=None,
+              help="Chains, rounded up to whole ladders [default: the number of cores].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per chain (with --resume: more steps).")
 @click.option("--seed", type=int, default=None, help="Seed of the run's SeedSequence [default: 0].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Run directory.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
               help="Continue the run in this directory from its checkpoints.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--ladder", default=None, metavar="T1,T2,...",
+              help="Temperatures of the replica-exchange ladder, ascending [default: "
+                   "0.1,0.25,0.5,1,2,4]; one temperature: plain Metropolis-Hastings chains.")
+@click.option("--swap-every", type=click.IntRange(min=1), default=None,
+              help="Steps between swap sweeps [default: 10].")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Shorthand for --ladder T (one rung, no swaps).")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Local worker processes [default: min(walkers, cores)].")
 @click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=None)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -304,23 +313,39 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
                    "keeps its own].")
 @database_option
 @_handle_errors
-def walk(walkers, steps, seed, out, resume, temperature, r_limit, checkpoint_every, config_file,
-         cluster, jobs, likelihood, database_path) -> None:
-    """Run Metropolis-Hastings walkers over proto-models (or --resume a run)."""
+def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, processes, r_limit,
+         checkpoint_every, config_file, cluster, jobs, likelihood, database_path) -> None:
+    """Run replica-exchange Metropolis-Hastings chains over proto-models (or --resume a run)."""
     from .runs import WalkConfig, load_config, walk as run_walk
 
     values: Dict[str, Any] = load_config(Path(config_file)) if config_file else {}
+    if ladder is not None and temperature is not None:
+        raise click.UsageError("give --ladder or --temperature, not both")
+    temperatures = _ladder(ladder) if ladder is not None else (
+        [temperature] if temperature is not None else None)
     flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
-             "temperature": temperature, "r_limit": r_limit, "checkpoint_every": checkpoint_every,
-             "database": database_path, "likelihood": likelihood}
+             "ladder": temperatures, "swap_every": swap_every, "r_limit": r_limit,
+             "checkpoint_every": checkpoint_every, "database": database_path,
+             "likelihood": likelihood}
     values.update({k: v for k, v in flags.items() if v is not None})
+    if "temperature" in values:  # a config file in the old terms
+        values["ladder"] = [values.pop("temperature")]
     if not values.get("out"):
         raise click.UsageError("give --out DIR for a new run, or --resume DIR")
-    summary = run_walk(WalkConfig(**values), resume=resume is not None, cluster=cluster,
-                       jobs=jobs)
-    for state in summary["progress"]:
-        click.echo(f"walker {state['walker']}: {state['steps']} steps, acceptance "
-                   f"{100 * state['acceptance']:.0f}%, best K {state['best_K']}")
+    runner = None
+    if cluster:
+        from .cluster import DaskRunner
+        runner = DaskRunner(cluster, jobs)
+    summary = run_walk(WalkConfig(**values, processes=processes), resume=resume is not None,
+                       runner=runner)
+    for state, T in zip(summary["progress"], summary["temperatures"]):
+        best = "none" if state["best_K"] is None else f"{state['best_K']:.3f}"
+        click.echo(f"walker {state['walker']} (T = {T:g}): {state['steps']} steps, acceptance "
+                   f"{100 * state['acceptance']:.0f}%, best K {best}")
+    for pair in summary["swaps"]:
+        rate = "-" if pair["acceptance"] is None else f"{100 * pair['acceptance']:.0f}%"
+        click.echo(f"swaps T {pair['T'][0]:g} <-> {pair['T'][1]:g}: {pair['accepted']}/"
+                   f"{pair['proposed']} accepted ({rate})")
     if summary["crashed"]:
         click.echo(f"Error: walkers {summary['crashed']} crashed; --resume {summary['out']} "
                    "continues them", err=True)
@@ -522,6 +547,17 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
           else pv.format_report(report) + f"plot: {report['plot']}\n", output_file)
 
 
+def _ladder(text: str) -> List[float]:
+    """--ladder T1,T2,...: a one-line UsageError for anything but positive ascending numbers."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--ladder {text!r}: expected comma-separated temperatures") from None
+    if not values or any(not v > 0 for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise click.UsageError(f"--ladder {text!r}: temperatures must be positive and ascending")
+    return values
+
+
 @cli.command()
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Number of fake databases.")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -530,7 +566,8 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Steps per walker.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for db-<i>/ and run-<i>/ (run again to continue).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="One temperature, no replica exchange [default: walk's ladder].")
 @click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
 @inject_option
 @fudge_option
@@ -547,7 +584,8 @@ def fakes(count, seed, walkers, steps, out, temperature, r_limit, inject, fudge,
     `protomodels pvalue REAL_RUN OUT/run-*`."""
     from .pvalue import run_fakes, run_summary
 
-    options = {k: v for k, v in (("temperature", temperature), ("r_limit", r_limit)) if v is not None}
+    options = {k: v for k, v in (("ladder", None if temperature is None else [temperature]),
+                                 ("r_limit", r_limit)) if v is not None}
     options["likelihood"] = likelihood
     runs = run_fakes(out, count=count, seed=seed, walkers=walkers, steps=steps,
                      base=database_path, inject=inject, fudge=fudge, noise=noise,

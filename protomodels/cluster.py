@@ -1,4 +1,5 @@
-"""Walkers on a Dask cluster: one task per walker, the database loaded once per worker.
+"""Chains on a Dask cluster: one task per chain and round, the database loaded once per
+worker.
 
 ``--cluster`` takes the address of a running Dask scheduler (``tcp://host:8786``),
 ``local`` (a ``LocalCluster`` of single-threaded worker processes on this machine), or a
@@ -6,8 +7,8 @@ batch system through dask-jobqueue (``slurm``, ``htcondor``, ``pbs``, ``sge``, `
 configured by dask-jobqueue's own ``~/.config/dask/jobqueue.yaml``).  The run directory
 and the database must be on a file system that every worker sees.
 
-A task runs its walker *up to an absolute step* and starts by resuming from the walker's
-checkpoint if there is one.  So when a worker dies, Dask re-runs its tasks elsewhere and
+A task runs its chain *up to an absolute step* (the next swap sweep, or the end) and starts
+by resuming from the chain's checkpoint if there is one.  So when a worker dies, Dask re-runs its tasks elsewhere and
 they continue from the last checkpoint: at most ``checkpoint_every`` steps are redone,
 and, resumes being exact, the histories are those of an uninterrupted run.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .exceptions import RunError
+from .runs import Runner, advance_chain
 
 logger = logging.getLogger(__name__)
 
@@ -71,51 +73,54 @@ def _physics_score(config: Dict[str, Any]) -> Callable:
     return _SCORES[key]
 
 
-def walker_task(out: str, index: int, seed, target_step: int, config: Dict[str, Any],
-                score_factory: Optional[Callable] = None) -> Dict[str, Any]:
-    """Run walker ``index`` of the run in ``out`` until its step ``target_step``."""
-    from .moves import Space
-    from .runs import WalkerStore, run_walker
-
-    folder = Path(out) / f"walker-{index}"
-    store = WalkerStore(folder)
-    done = store.load_checkpoint()["step"] if store.checkpoint.exists() else None
-    if done is not None and done >= target_step:
-        return {"walker": index, "step": done}
+def chain_task(out: str, chain: int, seed, target_step: int, temperature: float,
+               config: Dict[str, Any], score_factory: Optional[Callable] = None) -> Dict[str, Any]:
+    """Advance chain ``chain`` of the run in ``out`` to its step ``target_step``."""
     score = score_factory() if score_factory is not None else _physics_score(config)
-    common = dict(temperature=config["temperature"], checkpoint_every=config["checkpoint_every"],
-                  hiscores=Path(out) / "hiscores.json", walker=index)
-    if done is None:
-        run_walker(folder, seed, score, target_step, Space(), resume=False, **common)
-    else:
-        logger.warning("walker %d: resuming at step %d", index, done)
-        run_walker(folder, seed, score, target_step - done, Space(), resume=True, **common)
-    return {"walker": index, "step": target_step}
+    step = advance_chain(Path(out), chain, seed, target_step, temperature,
+                         config["checkpoint_every"], score)
+    return {"walker": chain, "step": step}
 
 
-def run_walkers(out: Path, seeds: List, targets: List[int], config: Dict[str, Any],
-                spec: str, jobs: Optional[int], report: Callable[[], None],
-                score_factory: Optional[Callable] = None) -> List[int]:
-    """Submit one task per walker and wait, reporting progress; returns crashed walkers."""
-    client, closers = connect(spec, jobs)
-    try:
-        logger.warning("cluster: %s, %d walkers", client.dashboard_link or spec, len(seeds))
-        futures = [client.submit(walker_task, str(out), i, seeds[i], targets[i], config,
-                                 score_factory, key=f"protomodels-walker-{i}-{targets[i]}",
-                                 pure=False)
-                   for i in range(len(seeds))]
-        while not all(f.done() for f in futures):
+class DaskRunner(Runner):
+    """One Dask task per chain and round (``--cluster``; module docstring).  A task that
+    dies with its worker is re-run elsewhere and resumes from the chain's checkpoint."""
+
+    def __init__(self, spec: str, jobs: Optional[int] = None,
+                 score_factory: Optional[Callable] = None):
+        self.spec, self.jobs, self.score_factory = spec, jobs, score_factory
+        self.client = None
+        self.closers: List[Any] = []
+
+    def start(self, out, seeds, ladder, config, score) -> None:
+        from dataclasses import asdict
+
+        self.out, self.seeds, self.ladder = str(out), seeds, ladder
+        self.config = {k: v for k, v in asdict(config).items() if k != "processes"}
+        self.client, self.closers = connect(self.spec, self.jobs)
+        logger.warning("cluster: %s, %d chains", self.client.dashboard_link or self.spec,
+                       ladder.chains)
+
+    def advance(self, targets, report):
+        futures = {c: self.client.submit(chain_task, self.out, c, self.seeds[c], t,
+                                         self.ladder.temperature(c), self.config,
+                                         self.score_factory, key=f"protomodels-walker-{c}-{t}",
+                                         pure=False)
+                   for c, t in sorted(targets.items())}
+        while not all(f.done() for f in futures.values()):
             time.sleep(0.5)
             report()
         crashed = []
-        for i, future in enumerate(futures):
+        for c, future in futures.items():
             if future.status != "finished":
-                logger.error("walker %d failed on the cluster: %s", i, future.exception())
-                crashed.append(i)
-        return crashed
-    finally:
-        for thing in closers:
+                logger.error("walker %d failed on the cluster: %s", c, future.exception())
+                crashed.append(c)
+        return crashed, []
+
+    def close(self) -> None:
+        for thing in self.closers:
             try:
                 thing.close()
             except Exception:  # closing a dead cluster must not hide the result
                 logger.debug("closing %s failed", thing, exc_info=True)
+        self.closers = []

@@ -20,7 +20,7 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .exceptions import RunError
-from .runs import LEGACY_LIKELIHOOD
+from .runs import legacy_config
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 SCHEMA = "protomodels.pvalue/1"
 FAKES_SCHEMA = "protomodels.fakes/1"
 #: Run settings that must agree between the real run and the fakes for a fair comparison.
-COMPARED = ("walkers", "steps", "temperature", "r_limit", "sqrts", "analyses")
+COMPARED = ("walkers", "steps", "ladder", "swap_every", "r_limit", "sqrts", "analyses")
 
 
 def run_summary(run_dir: str | Path) -> Dict[str, Any]:
@@ -43,8 +43,7 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     entries = hiscores.read(run_dir / "hiscores.json")
     if not entries:
         raise RunError(f"{run_dir / 'hiscores.json'}: no hiscores")
-    config = dict(run.get("config", {}))
-    config.setdefault("likelihood", LEGACY_LIKELIHOOD)
+    config = legacy_config(dict(run.get("config", {})))
     config["steps"] = sum(s.get("steps", 0) for s in run.get("segments", [])) or config.get("steps")
     best = max(entries, key=lambda e: e["K"])
     walkers = sorted(run_dir.glob("walker-*/checkpoint.json"))
@@ -158,7 +157,12 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
     run that has fewer steps than asked for is resumed, a finished one is skipped.
     """
     from . import fakedb
-    from .runs import WalkConfig, WalkerStore, walk
+    from .runs import WalkConfig, run_steps, walk
+
+    runner = None
+    if cluster:
+        from .cluster import DaskRunner
+        runner = DaskRunner(cluster, jobs)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +176,7 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
     previous = out / "fakes.json"
     if previous.exists():
         stored = json.loads(previous.read_text())
-        stored.setdefault("likelihood", LEGACY_LIKELIHOOD)
+        stored.setdefault("likelihood", legacy_config({})["likelihood"])
         for key in ("seed", "walkers", "inject", "fudge", "noise", "likelihood"):
             if stored.get(key) != manifest[key]:
                 raise RunError(f"{previous}: field {key!r} is {stored.get(key)!r}, this call "
@@ -185,21 +189,16 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
             fakedb.generate(db_dir, seed=entry["seeds"]["database"], base=base, inject=inject,
                             fudge=fudge, noise=noise)
         started = (run_dir / "run.json").exists()
-        done = min(_checkpointed(WalkerStore(run_dir / f"walker-{w}")) for w in range(walkers)) \
-            if started else 0
+        done = run_steps(run_dir) if started else 0
         if done < steps:
             logger.warning("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
             config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,
                                 seed=entry["seeds"]["walk"], database=str(db_dir),
                                 **options)
-            summary = walk(config, resume=started,
-                           cluster=cluster, jobs=jobs)
+            summary = walk(config, resume=started, runner=runner)
             if summary["crashed"] or summary["interrupted"]:
                 raise RunError(f"{run_dir}: walkers {summary['crashed'] + summary['interrupted']} "
                                "did not finish; run the same command again to continue")
         runs.append(run_dir)
     return runs
 
-
-def _checkpointed(store) -> int:
-    return store.load_checkpoint()["step"] if store.checkpoint.exists() else 0

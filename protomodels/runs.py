@@ -1,11 +1,20 @@
-"""Walker runs on disk: configuration, per-walker histories, checkpoints, exact resume.
+"""Walker runs on disk: configuration, per-chain histories, checkpoints, exact resume,
+and the round loop of replica exchange.
 
 A run directory holds ``run.json`` (configuration, seed, versions) and one folder per
-walker with ``history.jsonl`` (one JSON object per step) and ``checkpoint.json`` (the
-state, the K that goes with it, the random generator's state and the history length at
-that moment).  Resuming truncates the history back to the checkpoint and continues with
-the saved generator state, so a resumed run is identical, byte for byte, to an
-uninterrupted one.  Every file is written atomically or appended line by line.
+chain (``walker-<i>``) with ``history.jsonl`` (one JSON object per step) and
+``checkpoint.json`` (the state, the K that goes with it, the random generator's state
+and the history length at that moment); with a ladder of several temperatures also the
+swap journal ``tempering.json`` and ``swaps.jsonl`` (``protomodels.tempering``).
+Resuming truncates each history back to its checkpoint and continues with the saved
+generator state, so a resumed run is identical, byte for byte, to an uninterrupted one.
+Every file is written atomically or appended line by line.
+
+The chains advance in rounds: all of them up to the next multiple of ``swap_every``, then
+a swap sweep, decided here from the run's swap stream.  A *runner* advances the chains:
+``LocalRunner`` (forked processes that live for the whole run, so each keeps its caches)
+or ``protomodels.cluster.DaskRunner`` (one task per chain and round); both give the same
+histories, because every chain's stream is its own and the sweeps are decided here.
 """
 
 from __future__ import annotations
@@ -28,21 +37,14 @@ from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 from .moves import Space, Unfreeze, default_moves
+from .tempering import (DEFAULT_LADDER, DEFAULT_SWAP_EVERY, Ladder, TemperingStore,
+                        acceptance_by_pair, boundaries, pending_states, swap_stream, sweep)
 from .walker import sample
 
 logger = logging.getLogger(__name__)
 
 RUN_SCHEMA = "protomodels.run/1"
 CHECKPOINT_SCHEMA = "protomodels.checkpoint/1"
-
-
-@dataclass
-class RunConfig:
-    walkers: int = 1
-    seed: int = 0
-    temperature: float = 1.0
-    checkpoint_every: int = 10
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def walker_seeds(seed: int, walkers: int) -> List[np.random.SeedSequence]:
@@ -105,6 +107,13 @@ class WalkerStore:
             raise RunError(f"{error}; this walker cannot be resumed: restore the file or "
                            "start a new run") from None
 
+    def replace_state(self, state: Dict[str, Any]) -> None:
+        """Give the checkpointed chain another state (``model`` and ``record``, from a
+        swap), keeping its step, generator and history length."""
+        checkpoint = self.load_checkpoint()
+        checkpoint.update(model=state["model"], record=state["record"])
+        write_json_atomic(self.checkpoint, checkpoint)
+
     def truncate_history(self, size: int) -> None:
         """Drop the steps written after the checkpoint (they will be redone)."""
         if self.history.exists() and self.history.stat().st_size > size:
@@ -156,7 +165,8 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         store.truncate_history(0)
         store.save_checkpoint(0, model, record, rng)
     records: Dict[int, Dict[str, Any]] = {}
-    candidates: List[Dict[str, Any]] = [] if resume else [_candidate(record, walker, 0, model)]
+    candidates: List[Dict[str, Any]] = [] if resume else [_candidate(record, walker, 0, model,
+                                                                     temperature)]
 
     def scored(candidate: ProtoModel) -> float:
         result = score(candidate)
@@ -179,7 +189,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
                            temperature=temperature, first_step=first):
             if step.accepted:
                 record = records[id(step.model)]
-                candidates.append(_candidate(record, walker, step.step, step.model))
+                candidates.append(_candidate(record, walker, step.step, step.model, temperature))
             records.clear()
             store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
                           **record, "model": step.model.to_dict()})
@@ -200,10 +210,31 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         raise
 
 
-def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel) -> Dict[str, Any]:
+def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel,
+               temperature: float) -> Dict[str, Any]:
     """A visited state as a hiscore entry (the start, step 0, counts as visited)."""
-    return {"K": record["K"], "walker": walker, "step": step,
+    return {"K": record["K"], "walker": walker, "step": step, "temperature": temperature,
             **{k: v for k, v in record.items() if k != "K"}, "model": model.to_dict()}
+
+
+def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_step: int,
+                  temperature: float, checkpoint_every: int, score: Score,
+                  space: Optional[Space] = None) -> int:
+    """Run chain ``chain`` of the run in ``out`` up to its step ``target_step``: from its
+    seed if it has no checkpoint yet, else resumed from the checkpoint (nothing to do if
+    it is there already).  Returns the step reached.  The unit of work of every runner."""
+    folder = Path(out) / f"walker-{chain}"
+    store = WalkerStore(folder)
+    done = store.load_checkpoint()["step"] if store.checkpoint.exists() else None
+    if done is not None and done >= target_step:
+        return done
+    common = dict(temperature=temperature, checkpoint_every=checkpoint_every,
+                  hiscores=Path(out) / "hiscores.json", walker=chain)
+    if done is None:
+        run_walker(folder, seed, score, target_step, space or Space(), resume=False, **common)
+    else:
+        run_walker(folder, seed, score, target_step - done, space or Space(), resume=True, **common)
+    return target_step
 
 
 def update_hiscores(path: Path, candidates: List[Dict[str, Any]]) -> None:
@@ -281,7 +312,8 @@ class WalkConfig:
     walkers: int = field(default_factory=lambda: os.cpu_count() or 1)
     steps: int = 100
     seed: int = 0
-    temperature: float = 1.0
+    ladder: List[float] = field(default_factory=lambda: list(DEFAULT_LADDER))
+    swap_every: int = DEFAULT_SWAP_EVERY
     r_limit: float = 1.0
     checkpoint_every: int = 10
     database: Optional[str] = None
@@ -290,9 +322,35 @@ class WalkConfig:
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
 
 
+    processes: Optional[int] = None  # local runner: worker processes [default: min(walkers, cores)]
+
+    def __post_init__(self) -> None:
+        if self.processes is None:
+            self.processes = min(self.walkers, os.cpu_count() or 1)
+
+
 #: Runs made before the likelihood was a setting used SModelS' default workspaces: the
 #: full ones of ATLAS-SUSY-2018-04 and -16.  Resumed, they continue with "full".
 LEGACY_LIKELIHOOD = "full"
+
+
+def legacy_config(config: Dict[str, Any]) -> Dict[str, Any]:
+    """A stored run configuration in today's terms: runs made before replica exchange had
+    one ``temperature`` for all walkers (a one-rung ladder), runs made before the
+    likelihood setting used the full workspaces."""
+    config = {"likelihood": LEGACY_LIKELIHOOD, **config}
+    if "ladder" not in config:
+        config["ladder"] = [config.get("temperature", 1.0)]
+    config.pop("temperature", None)
+    return config
+
+
+def ladder_of(config: "WalkConfig") -> Ladder:
+    """The run's ladder; ``RunError`` for temperatures that are not ascending."""
+    try:
+        return Ladder.for_walkers(config.ladder, config.walkers)
+    except ValueError as error:
+        raise RunError(f"walk configuration: {error}") from None
 
 
 def read_run_config(run_dir: Path) -> Dict[str, Any]:
@@ -303,8 +361,7 @@ def read_run_config(run_dir: Path) -> Dict[str, Any]:
         config = dict(json.loads((Path(run_dir) / "run.json").read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return {"likelihood": DEFAULT_LIKELIHOOD}
-    config.setdefault("likelihood", LEGACY_LIKELIHOOD)
-    return config
+    return legacy_config(config)
 
 
 def load_config(path: Path) -> Dict[str, Any]:
@@ -349,25 +406,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _walker_process(index: int, folder: Path, seed, score: Score, steps: int, space: Space,
-                    config: WalkConfig, resume: bool, hiscores_path: Path) -> None:
-    import signal
-    signal.signal(signal.SIGTERM, _interrupt)  # batch schedulers stop jobs with SIGTERM
-    try:
-        run_walker(folder, seed, score, steps, space, config.temperature,
-                   config.checkpoint_every, resume=resume, hiscores=hiscores_path, walker=index)
-    except KeyboardInterrupt:
-        os._exit(130)
-    except Exception:
-        logger.exception("walker %d crashed", index)
-        os._exit(1)
-    os._exit(0)
-
-
-def progress(out: Path, walkers: int) -> List[Dict[str, Any]]:
-    """Steps done, acceptance and best K of every walker, from the histories on disk."""
+def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
+    """Steps done, acceptance and best K of every chain, from the histories on disk."""
     status = []
-    for i in range(walkers):
+    for i in range(chains):
         entries = read_history(Path(out) / f"walker-{i}")
         status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
                        "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
@@ -376,85 +418,278 @@ def progress(out: Path, walkers: int) -> List[Dict[str, Any]]:
 
 
 def walk(config: WalkConfig, resume: bool = False, score_factory=None,
-         cluster: Optional[str] = None, jobs: Optional[int] = None) -> Dict[str, Any]:
-    """Start or continue a run: load the database once, then one process per walker
-    (forked after the load, so they share it), or one Dask task per walker with
-    ``cluster`` (see ``protomodels.cluster``).  Returns a summary with crashed walkers."""
+         runner: Optional["Runner"] = None) -> Dict[str, Any]:
+    """Start or continue a run: load the database once, then advance the chains in rounds
+    with ``runner`` (default ``LocalRunner``: processes forked after the load, so they
+    share it; ``protomodels.cluster.DaskRunner`` for Dask).  Returns a summary with
+    crashed and interrupted chains and the swap acceptance per rung pair."""
 
     out = Path(config.out)
     if resume and not (out / "run.json").exists():
         raise RunError(f"{out / 'run.json'}: cannot resume (no such file)")
     if not resume:
-        validate_config(asdict(config), "walk configuration")
+        validate_config({k: v for k, v in asdict(config).items() if k != "processes"},
+                        "walk configuration")
     with sole_writer(out / "run.lock", RunError, "this run"):
-        return _walk(config, out, resume, score_factory, cluster, jobs)
+        return _walk(config, out, resume, score_factory, runner or LocalRunner())
 
 
 def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
-          cluster: Optional[str], jobs: Optional[int]) -> Dict[str, Any]:
+          runner: "Runner") -> Dict[str, Any]:
     """``walk`` while this process is the run's sole writer."""
     run_json = out / "run.json"
     if resume:
         stored = read_json_record(run_json, RUN_SCHEMA, RunError, "run file", "run")
-        steps = config.steps
+        steps, processes = config.steps, config.processes
         if "likelihood" not in stored["config"]:
             logger.warning("%s predates the likelihood setting: continuing with %r", run_json,
                            LEGACY_LIKELIHOOD)
-        config = WalkConfig(**{"likelihood": LEGACY_LIKELIHOOD, **stored["config"]})
-        config.steps = steps
+        config = WalkConfig(**legacy_config(stored["config"]))
+        config.steps, config.processes = steps, processes
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
-    # Steps each walker has done.  On resume its checkpoint is read here, so a broken one
-    # stops the run before any walker starts; none yet: it stopped during its first
+    ladder = ladder_of(config)
+    # Steps each chain has done.  On resume its checkpoint is read here, so a broken one
+    # stops the run before any chain starts; none yet: it stopped during its first
     # evaluation and starts again from its seed.
-    stores = [WalkerStore(out / f"walker-{i}") for i in range(config.walkers)]
+    stores = [WalkerStore(out / f"walker-{i}") for i in range(ladder.chains)]
     done = [s.load_checkpoint()["step"] if resume and s.checkpoint.exists() else 0
             for s in stores]
+    tempering = TemperingStore(out)
+    journal = tempering.load(swap_stream(config.seed, ladder.chains)) if ladder.rungs > 1 else None
     db = None
     if score_factory is None:
         db, score = load_physics_score(config)
     else:
         score = score_factory()
     out.mkdir(parents=True, exist_ok=True)
+    stored_config = {k: v for k, v in asdict(config).items() if k != "processes"}
     if resume:
+        stored["config"] = stored_config
         stored["segments"].append({"steps": config.steps, "started": time.time()})
         write_json_atomic(run_json, stored)
     else:
-        write_json_atomic(run_json, {"schema": RUN_SCHEMA, "config": asdict(config),
+        write_json_atomic(run_json, {"schema": RUN_SCHEMA, "config": stored_config,
                                      "versions": _versions(db),
-                                     "seeds": {"entropy": config.seed, "spawn": "SeedSequence(seed).spawn(walkers)"},
+                                     "seeds": {"entropy": config.seed,
+                                               "spawn": "SeedSequence(seed).spawn(chains + 1): "
+                                                        "one per chain, the last for swaps"},
                                      "segments": [{"steps": config.steps, "started": time.time()}]})
-    seeds = walker_seeds(config.seed, config.walkers)
-    space = Space()
+    seeds = walker_seeds(config.seed, ladder.chains)
     tty = sys.stderr.isatty()
     last_report = [0.0]
 
     def report() -> None:
         now = time.monotonic()
-        if now - last_report[0] > (1.0 if tty else 30.0):
+        if now - last_report[0] > (2.0 if tty else 30.0):
             last_report[0] = now
             line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
                              f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
-                             for s in progress(out, config.walkers))
+                             for s in progress(out, ladder.chains))
             if tty:
                 print("\r" + line, end="", file=sys.stderr, flush=True)
             else:
                 logger.warning("progress: %s", line)
 
-    if cluster:
-        from . import cluster as dask_cluster
-        crashed = dask_cluster.run_walkers(out, seeds, [d + config.steps for d in done],
-                                           asdict(config), cluster, jobs, report, score_factory)
-        interrupted: List[int] = []
-    else:
-        crashed, interrupted = _run_forked(out, seeds, score, space, config, resume, report)
+    if journal is not None:
+        journal = _finish_pending_sweep(tempering, journal, stores)
+    end = max(done) + config.steps
+    crashed: List[int] = []
+    interrupted: List[int] = []
+    runner.start(out, seeds, ladder, config, score)
+    try:
+        if journal is not None and min(done) == max(done):  # stopped between round and sweep
+            journal = _maybe_sweep(tempering, journal, stores, ladder, config, min(done))
+        for stop in boundaries(min(done), end, config.swap_every, ladder.rungs):
+            targets = {c: stop for c in range(ladder.chains) if done[c] < stop}
+            crashed, interrupted = runner.advance(targets, report)
+            if crashed or interrupted:
+                break
+            done = [max(d, stop) for d in done]
+            if journal is not None:
+                journal = _maybe_sweep(tempering, journal, stores, ladder, config, stop)
+    finally:
+        runner.close()
     if tty:
         print(file=sys.stderr)
     for i in crashed:
         logger.error("walker %d crashed: --resume continues it from its last checkpoint", i)
     export_hiscores(out)
     return {"out": str(out), "crashed": crashed, "interrupted": interrupted,
-            "progress": progress(out, config.walkers)}
+            "temperatures": [ladder.temperature(c) for c in range(ladder.chains)],
+            "swaps": acceptance_by_pair(tempering.read_swaps(), ladder) if ladder.rungs > 1 else [],
+            "progress": progress(out, ladder.chains)}
+
+
+def run_steps(out: Path) -> int:
+    """The steps every chain of the run in ``out`` has checkpointed (0 before any)."""
+    config = read_run_config(out)
+    chains = Ladder.for_walkers(config.get("ladder", [1.0]), int(config.get("walkers", 1))).chains
+    stores = [WalkerStore(Path(out) / f"walker-{i}") for i in range(chains)]
+    return min(s.load_checkpoint()["step"] if s.checkpoint.exists() else 0 for s in stores)
+
+
+def _maybe_sweep(tempering: TemperingStore, journal: Dict[str, Any], stores: List[WalkerStore],
+                 ladder: Ladder, config: WalkConfig, step: int) -> Dict[str, Any]:
+    """The swap sweep after ``step`` if one is due there and not yet done: decided from the
+    chains' checkpointed K and the journal's swap stream, journalled, then applied."""
+    if step % config.swap_every or step <= journal["swapped_through"]:
+        return journal
+    checkpoints = [store.load_checkpoint() for store in stores]
+    rng = np.random.Generator(np.random.PCG64())
+    rng.bit_generator.state = journal["rng"]
+    origin, swaps = sweep([c["record"]["K"] for c in checkpoints], ladder, rng, step)
+    states = {c: {"model": checkpoints[o]["model"], "record": checkpoints[o]["record"]}
+              for c, o in enumerate(origin) if o != c}
+    journal = tempering.begin(journal, step, states, swaps, rng.bit_generator.state)
+    return _finish_pending_sweep(tempering, journal, stores)
+
+
+def _finish_pending_sweep(tempering: TemperingStore, journal: Dict[str, Any],
+                          stores: List[WalkerStore]) -> Dict[str, Any]:
+    """Write a journalled sweep's new states into the chains' checkpoints (again, if a
+    kill came in between: the writes are idempotent) and close it."""
+    states = pending_states(journal)
+    if states is None:
+        return journal
+    for chain, state in states.items():
+        stores[chain].replace_state(state)
+    return tempering.finish(journal)
+
+
+class Runner:
+    """Advances chains to given steps; ``LocalRunner`` and ``cluster.DaskRunner``."""
+
+    def start(self, out: Path, seeds: List[np.random.SeedSequence], ladder: Ladder,
+              config: WalkConfig, score: Score) -> None:
+        raise NotImplementedError
+
+    def advance(self, targets: Dict[int, int], report: Callable[[], None]) -> Tuple[List[int], List[int]]:
+        """Bring each chain to its target step; (crashed, interrupted) chains."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalRunner(Runner):
+    """Forked worker processes that live for the whole run (each keeps its caches from
+    round to round); chain c is always advanced by worker c mod ``config.processes``.
+
+    Ctrl-C and SIGTERM (as batch systems send) make every busy chain checkpoint its last
+    step and stop; the run then reports those chains as interrupted."""
+
+    def __init__(self) -> None:
+        self.workers: List[Tuple[Any, Any]] = []  # (process, connection)
+
+    def start(self, out, seeds, ladder, config, score) -> None:
+        import multiprocessing
+        import signal
+        # Ctrl-C and SIGTERM stop the run, also when started in the background (where
+        # shells set SIGINT to be ignored).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+        context = multiprocessing.get_context("fork")
+        freeze_before_fork()
+        count = max(1, min(config.processes or 1, ladder.chains))
+        for w in range(count):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=_chain_worker, name=f"chains-{w}",
+                                      args=(theirs, out, seeds, ladder, config, score))
+            process.start()
+            theirs.close()
+            self.workers.append((process, mine))
+
+    def advance(self, targets, report):
+        import signal
+        count = len(self.workers)
+        busy = {}
+        for w, (process, conn) in enumerate(self.workers):
+            mine = [(c, t) for c, t in sorted(targets.items()) if c % count == w]
+            if mine:
+                conn.send(mine)
+                busy[w] = [c for c, _ in mine]
+        crashed: List[int] = []
+        interrupted: List[int] = []
+        try:
+            self._collect(busy, crashed, interrupted, report)
+        except KeyboardInterrupt:
+            logger.warning("interrupted: waiting for the chains to checkpoint")
+            for w in busy:
+                process = self.workers[w][0]
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGINT)
+            self._collect(busy, crashed, interrupted, lambda: None)
+        return sorted(crashed), sorted(interrupted)
+
+    def _collect(self, busy, crashed, interrupted, report) -> None:
+        while busy:
+            for w in list(busy):
+                process, conn = self.workers[w]
+                if conn.poll(0.2):
+                    try:
+                        lost, stopped = conn.recv()
+                    except EOFError:
+                        lost, stopped = ((busy[w], []) if process.exitcode not in (None, 130)
+                                         else ([], busy[w]))
+                    crashed += lost
+                    interrupted += stopped
+                    del busy[w]
+                elif not process.is_alive():
+                    process.join()
+                    if process.exitcode == 130:
+                        interrupted += busy.pop(w)
+                    else:
+                        logger.error("worker %d exited with code %s", w, process.exitcode)
+                        crashed += busy.pop(w)
+            report()
+
+    def close(self) -> None:
+        for process, conn in self.workers:
+            if process.is_alive():
+                try:
+                    conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        for process, conn in self.workers:
+            process.join()
+            conn.close()
+        self.workers = []
+
+
+def _chain_worker(conn, out: Path, seeds, ladder: Ladder, config: WalkConfig,
+                  score: Score) -> None:
+    """A LocalRunner worker: advances the chains it is sent, round after round."""
+    import multiprocessing
+    import signal
+    signal.signal(signal.SIGTERM, _interrupt)  # batch schedulers stop jobs with SIGTERM
+    space = Space()
+    try:
+        while True:
+            work = conn.recv()
+            if work is None:
+                break
+            crashed: List[int] = []
+            interrupted: List[int] = []
+            for chain, target in work:
+                if interrupted:
+                    interrupted.append(chain)
+                    continue
+                multiprocessing.current_process().name = f"walker-{chain}"
+                try:
+                    advance_chain(out, chain, seeds[chain], target, ladder.temperature(chain),
+                                  config.checkpoint_every, score, space)
+                except KeyboardInterrupt:
+                    interrupted.append(chain)
+                except Exception:
+                    logger.exception("walker %d crashed", chain)
+                    crashed.append(chain)
+            conn.send((crashed, interrupted))
+            if interrupted:
+                os._exit(130)
+    except (KeyboardInterrupt, EOFError):
+        os._exit(130)
+    os._exit(0)
 
 
 def jax_started() -> bool:
@@ -477,41 +712,6 @@ def freeze_before_fork() -> None:
                        "run walkers in a process that does not use pyhf's jax backend")
     gc.collect()
     gc.freeze()
-
-
-def _run_forked(out: Path, seeds, score: Score, space: Space, config: WalkConfig,
-                resume: bool, report) -> Tuple[List[int], List[int]]:
-    """One forked process per walker; (crashed, interrupted) walkers."""
-    import multiprocessing
-    import signal
-    # Ctrl-C and SIGTERM checkpoint and stop, also when started in the background
-    # (where shells set SIGINT to be ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    context = multiprocessing.get_context("fork")
-    freeze_before_fork()
-    processes = [context.Process(target=_walker_process, name=f"walker-{i}",
-                                 args=(i, out / f"walker-{i}", seeds[i], score, config.steps, space,
-                                       config, resume, out / "hiscores.json"))
-                 for i in range(config.walkers)]
-    for process in processes:
-        process.start()
-    try:
-        while any(p.is_alive() for p in processes):
-            time.sleep(0.5)
-            report()
-    except KeyboardInterrupt:
-        logger.warning("interrupted: waiting for the walkers to checkpoint")
-        for process in processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGINT)
-    for process in processes:
-        process.join()
-    for i, process in enumerate(processes):
-        if process.exitcode not in (0, 130):
-            logger.error("walker %d exited with code %s", i, process.exitcode)
-    return ([i for i, p in enumerate(processes) if p.exitcode not in (0, 130)],
-            [i for i, p in enumerate(processes) if p.exitcode == 130])
 
 
 def export_hiscores(out: Path) -> List[Path]:

@@ -152,7 +152,7 @@ def test_hiscores_and_show_of_a_run(tmp_path, subset_dir, subset_db):
 
     from .test_runs import fake_factory
     out = tmp_path / "run"
-    walk(WalkConfig(out=str(out), walkers=2, steps=15, seed=3), score_factory=fake_factory)
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=2, steps=15, seed=3), score_factory=fake_factory)
     result = run("hiscores", str(out))
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[1].split()[0] == "1"

@@ -13,6 +13,7 @@ pytest.importorskip("distributed")
 import cloudpickle  # noqa: E402  (a dependency of distributed)
 import psutil  # noqa: E402
 
+from protomodels.cluster import DaskRunner  # noqa: E402
 from protomodels.runs import WalkConfig, progress, walk  # noqa: E402
 
 from . import test_runs  # noqa: E402
@@ -43,28 +44,35 @@ def histories(run, walkers=2):
 
 
 def test_cluster_run_equals_local_run_and_resumes(tmp_path):
-    settings = dict(walkers=2, steps=15, seed=4, checkpoint_every=5)
+    """Replica exchange on Dask (one task per chain and round, swaps decided by the
+    client) gives the local runner's histories and swaps, also across a resume."""
+    settings = dict(walkers=4, steps=15, seed=4, checkpoint_every=5, ladder=[0.5, 1.0, 2.0],
+                    swap_every=4)  # 2 columns x 3 rungs
     walk(WalkConfig(out=str(tmp_path / "local"), **settings), score_factory=fake_factory)
     summary = walk(WalkConfig(out=str(tmp_path / "dask"), **settings), score_factory=fake_factory,
-                   cluster="local", jobs=2)
-    assert summary["crashed"] == []
-    assert histories(tmp_path / "dask") == histories(tmp_path / "local")
+                   runner=DaskRunner("local", 2, fake_factory))
+    assert summary["crashed"] == [] and len(summary["progress"]) == 6
+    assert histories(tmp_path / "dask", 6) == histories(tmp_path / "local", 6)
+    swaps = (tmp_path / "local" / "swaps.jsonl").read_bytes()
+    assert swaps and (tmp_path / "dask" / "swaps.jsonl").read_bytes() == swaps
     walk(WalkConfig(out=str(tmp_path / "local"), steps=6), resume=True, score_factory=fake_factory)
     walk(WalkConfig(out=str(tmp_path / "dask"), steps=6), resume=True, score_factory=fake_factory,
-         cluster="local", jobs=2)
-    assert histories(tmp_path / "dask") == histories(tmp_path / "local")
-    assert [s["steps"] for s in progress(tmp_path / "dask", 2)] == [21, 21]
+         runner=DaskRunner("local", 2, fake_factory))
+    assert histories(tmp_path / "dask", 6) == histories(tmp_path / "local", 6)
+    assert (tmp_path / "dask" / "swaps.jsonl").read_bytes() == (tmp_path / "local" / "swaps.jsonl").read_bytes()
+    assert [s["steps"] for s in progress(tmp_path / "dask", 6)] == [21] * 6
     assert (tmp_path / "dask" / "hiscores" / "rank-1.slha").exists()
 
 
 def test_a_killed_worker_has_its_walker_resumed_elsewhere(tmp_path):
-    settings = dict(walkers=2, steps=60, seed=11, checkpoint_every=5)
+    settings = dict(walkers=2, steps=60, seed=11, checkpoint_every=5, ladder=[1.0, 2.0],
+                    swap_every=10)
     walk(WalkConfig(out=str(tmp_path / "local"), **settings), score_factory=fake_factory)
     run = tmp_path / "dask"
     result = {}
     thread = threading.Thread(target=lambda: result.update(walk(
-        WalkConfig(out=str(run), **settings), score_factory=slow_factory, cluster="local",
-        jobs=2)))
+        WalkConfig(out=str(run), **settings), score_factory=slow_factory,
+        runner=DaskRunner("local", 2, slow_factory))))
     thread.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

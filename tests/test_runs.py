@@ -78,7 +78,7 @@ def test_walk_writes_a_complete_run_and_resumes(tmp_path):
     from protomodels import hiscores
     from protomodels.runs import WalkConfig, progress, walk
 
-    config = WalkConfig(out=str(tmp_path / "run"), walkers=2, steps=12, seed=9, checkpoint_every=4)
+    config = WalkConfig(out=str(tmp_path / "run"), ladder=[1.0], walkers=2, steps=12, seed=9, checkpoint_every=4)
     summary = walk(config, score_factory=fake_factory)
     assert summary["crashed"] == [] and [s["steps"] for s in summary["progress"]] == [12, 12]
     run = json.loads((tmp_path / "run/run.json").read_text())
@@ -106,7 +106,7 @@ def crashing_factory():
 def test_a_crashed_walker_does_not_stop_the_others(tmp_path):
     from protomodels.runs import WalkConfig, walk
 
-    summary = walk(WalkConfig(out=str(tmp_path / "run"), walkers=2, steps=40, seed=1),
+    summary = walk(WalkConfig(out=str(tmp_path / "run"), ladder=[1.0], walkers=2, steps=40, seed=1),
                    score_factory=crashing_factory)
     assert summary["crashed"] == [1]
     assert summary["progress"][0]["steps"] == 40
@@ -194,7 +194,7 @@ def test_sigterm_to_a_run_checkpoints_every_walker(tmp_path):
 
     def target():
         import json
-        summary = walk(WalkConfig(out=str(out), walkers=2, steps=400, seed=2,
+        summary = walk(WalkConfig(out=str(out), ladder=[1.0], walkers=2, steps=400, seed=2,
                                   checkpoint_every=50), score_factory=lambda: slow_score)
         summary_file.write_text(json.dumps(summary))
 
@@ -266,7 +266,7 @@ def test_a_second_writer_of_a_run_is_refused_and_histories_stay_intact(tmp_path)
     from protomodels.runs import WalkConfig, progress, walk
 
     out = tmp_path / "run"
-    walk(WalkConfig(out=str(out), walkers=2, steps=3, seed=4), score_factory=fake_factory)
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=2, steps=3, seed=4), score_factory=fake_factory)
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -319,7 +319,7 @@ def test_resume_with_a_truncated_checkpoint_stops_before_any_walker_runs(tmp_pat
     from protomodels.runs import WalkConfig, walk
 
     out = tmp_path / "run"
-    walk(WalkConfig(out=str(out), walkers=2, steps=4, seed=2), score_factory=fake_factory)
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=2, steps=4, seed=2), score_factory=fake_factory)
     checkpoint = out / "walker-1/checkpoint.json"
     checkpoint.write_text(checkpoint.read_text()[:40])
     histories = [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
@@ -350,7 +350,7 @@ def test_one_schema_validates_flags_files_and_run_json(tmp_path):
         walk(WalkConfig(out=str(tmp_path / "a"), walkers=1, steps=2, checkpoint_every=0),
              score_factory=fake_factory)
     out = tmp_path / "run"
-    walk(WalkConfig(out=str(out), walkers=1, steps=2, seed=1), score_factory=fake_factory)
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=2, seed=1), score_factory=fake_factory)
     stored = json.loads((out / "run.json").read_text())
     stored["config"]["walkers"] = -1
     (out / "run.json").write_text(json.dumps(stored))
@@ -367,7 +367,7 @@ def test_run_files_are_checked_against_their_schemas(tmp_path):
     from protomodels.runs import WalkConfig, walk
 
     out = tmp_path / "run"
-    walk(WalkConfig(out=str(out), walkers=1, steps=3, seed=1), score_factory=fake_factory)
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=3, seed=1), score_factory=fake_factory)
     checkpoint = out / "walker-0/checkpoint.json"
     data = json.loads(checkpoint.read_text())
     data["model"]["masses"] = {"XZ1": "light"}

@@ -236,7 +236,7 @@ def test_forked_walkers_never_start_jax(subset_dir, tmp_path):
 
     script = _NO_JAX + f"""
 from protomodels.runs import WalkConfig, walk
-summary = walk(WalkConfig(out={str(tmp_path / 'run')!r}, walkers=2, steps=4, seed=3,
+summary = walk(WalkConfig(out={str(tmp_path / 'run')!r}, ladder=[1.0], walkers=2, steps=4, seed=3,
                           database={str(subset_dir)!r}))
 assert summary["crashed"] == [], summary
 assert [s["steps"] for s in summary["progress"]] == [4, 4], summary
