@@ -390,15 +390,20 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
         click.echo(json.dumps(entries, indent=2, sort_keys=True))
         return
     click.echo(f"{'rank':>4} {'K':>7} {'TL':>7}  " + "".join(f"{'K ' + o:>14}" for o in others)
-               + f"  {'walker/step':<12} particles (GeV); combination")
+               + f"  {'T':>5}  {'walker/step':<12} particles (GeV); combination")
     for e in entries:
         model = ProtoModel.from_dict(e["model"])
         combo = ", ".join(f"{c['analysis_id']}:{c['dataset']}" for c in e.get("combination", []))
         rescored = "".join(f"{e['K_by_likelihood'].get(o, float('nan')):>14.3f}" for o in others)
-        click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  {rescored}  "
-                   f"{e['walker']}/{e['step']:<10} {model.describe()}; {combo or '-'}")
+        rung = f"{e['temperature']:>5g}" if "temperature" in e else f"{'-':>5}"
+        origin = f"{e['walker']}/{e['step']}" + ("*" if e.get("polished") else "")
+        click.echo(f"{e['rank']:>4} {e['K']:>7.3f} {e.get('TL', 0.0):>7.3f}  {rescored}  {rung}  "
+                   f"{origin:<12} {model.describe()}; {combo or '-'}")
     click.echo(f"(K, TL: the run's own {own} likelihood, which ranks the models"
-               + (f"; re-scored with: {', '.join(others)})" if others else ")"))
+               + (f"; re-scored with: {', '.join(others)}" if others else "")
+               + "; T: the temperature of the chain that found the model"
+               + ("; *: polished (protomodels polish), from the model the chain found)"
+                  if any(e.get("polished") for e in entries) else ")"))
 
 
 @cli.command()
