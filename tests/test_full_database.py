@@ -143,3 +143,28 @@ def test_neutralino_pairs_reach_cms_sus_20_004(full_db):
     assert set(xsecs) == {(13, (1000022, 1000023)), (13, (1000023, 1000023))}
     ids = {(p.analysis_id, p.data_type) for p in predict(model, full_db) if p.r_known}
     assert ("CMS-SUS-20-004", "combined") in ids, ids
+
+
+def test_benchmark_models_without_new_processes_keep_their_k(full_db):
+    """Issue 12 added production processes; the frozen benchmark models that have none of
+    them keep K and r_max exactly (1e-9) against the values computed before the change
+    (``tests/data/benchmark_K_before_issue12.json``); the others gained processes."""
+    import json
+    from pathlib import Path
+
+    from protomodels.xsec import effective_xsecs
+
+    from .models import frozen_benchmark_models
+
+    before = json.loads((Path(__file__).parent / "data" / "benchmark_K_before_issue12.json").read_text())
+    unchanged = 0
+    for model, old in zip(frozen_benchmark_models(), before["models"]):
+        processes = sorted(str(key) for (sqrts, key) in effective_xsecs(model) if sqrts == 13)
+        if processes != old["processes_13TeV"]:
+            assert set(old["processes_13TeV"]) < set(processes), old["index"]
+            continue
+        result = significance.evaluate(model, full_db)
+        assert result.K == pytest.approx(old["K"], rel=1e-9, abs=1e-12), old["index"]
+        assert result.r_max == pytest.approx(old["r_max"], rel=1e-9, abs=1e-12), old["index"]
+        unchanged += 1
+    assert unchanged == 14
