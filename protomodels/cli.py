@@ -628,6 +628,71 @@ def bench(models: int, steps: int, walkers: int, seed: int, as_json: bool,
           else benchmark.format_report(result) + "\n", output_file)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Polish the best N (unpolished) hiscores.")
+@click.option("--max-evaluations", type=click.IntRange(min=1), default=150, show_default=True,
+              help="K evaluations per model (about 0.2-1 s each on the real database).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@run_database_option
+@_handle_errors
+def polish(run_dir: Path, top: int, max_evaluations: int, as_json: bool,
+           database_path: Optional[str]) -> None:
+    """Locally optimise K (Nelder-Mead, deterministic) over the masses, continuous
+    multipliers and BRs of the run's best hiscores, particles and channels fixed; add the
+    improved models to its hiscores (marked polished) and export them as SLHA."""
+    from . import polish as polishing
+
+    _entries(run_dir)  # no hiscores: say so before loading the database
+    score = polishing.run_score(run_dir, database_path)
+
+    def report(row: Dict[str, Any]) -> None:
+        if not as_json:
+            again = ("" if abs(row["K_start"] - row["K_before"]) <= 1e-6
+                     else f" (re-evaluated {row['K_start']:.3f})")
+            click.echo(f"rank {row['rank_before']:>2} (walker {row['walker']}, step {row['step']}): "
+                       f"K {row['K_before']:.3f}{again} -> {row['K_after']:.3f}"
+                       + ("" if row["improved"] else " (not better: no new entry)")
+                       + f", {row['evaluations']} evaluations, {row['seconds']:.1f} s")
+
+    rows = polishing.polish(run_dir, top=top, max_evaluations=max_evaluations, score=score,
+                            report=report)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, sort_keys=True))
+        return
+    for row in rows:
+        if row["improved"]:
+            click.echo(f"rank {row['rank_before']} polished: now rank {row['rank']}, {row['slha']}")
+
+
+@cli.command(name="posterior")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--burn-in", type=click.IntRange(min=0), default=None,
+              help="Steps dropped from the start of each T = 1 chain [default: half of its steps].")
+@click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Bins of each particle's mass histogram.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.posterior/1).")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the mass histograms as a PNG here (needs matplotlib).")
+@_handle_errors
+def posterior(run_dir: Path, burn_in: Optional[int], bins: int, as_json: bool,
+              output_file: Optional[str], plot_path: Optional[Path]) -> None:
+    """The posterior from the T = 1 chains of a run, after burn-in: probability of each
+    particle content and particle, mass histograms, and tau, ESS and R-hat of K, the
+    number of particles and each particle's presence."""
+    from . import posterior as post
+
+    report = post.posterior(run_dir, burn_in=burn_in, bins=bins)
+    if plot_path is not None:
+        post.plot_masses(report, plot_path)
+        report["plot"] = str(plot_path)
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else post.format_report(report) + (f"plot: {plot_path}\n" if plot_path else ""),
+          output_file)
+
+
 def main() -> None:  # console-script entry point
     from .runs import one_blas_thread
 

@@ -11,6 +11,18 @@ SModelS' own likelihood for EM and combined results (sampled on a grid [0, M] wi
 the first rung of a fixed ladder at or above mu_max); the paper's truncated Gaussian for
 UL results with an expected limit; none otherwise.
 
+A UL result whose observed limit exceeds ``MAX_UL_RATIO`` times its expected one gets no
+likelihood either (it still constrains through r_obs).  Such ratios mean a ~19 sigma
+"excess" at 10x and are interpolation artefacts at the edges of the maps, not data: over
+the 555,699 grid points of the observed UL maps of database 3.0.0 that have an expected
+map, UL_obs/UL_exp has median 1.04, 99.9% quantile 2.68, and exceeds 3 at 0.06% of them,
+mostly in four maps (CMS-SUS-19-011 T2tt/T2ttoff, CMS-SUS-20-001 TSlepSlep,
+CMS-SUS-18-002 T6ttZg), up to 1452.  A replica-exchange walker's coldest chain found one
+within 170 steps: a smuon at 393 GeV over XZ1 at 339 GeV, where CMS-SUS-20-001's expected
+map (undefined 13 GeV lower) interpolates UL_exp = 91 fb against UL_obs = 973 fb, for
+K = 29 from that one result.  At the cut the truncated Gaussian already gives TL of about
+4.6 (a 2 sigma excess), the most an upper-limit map alone can be trusted with.
+
 The statistics of an EM or combined result (its upper limits, likelihood values and curves)
 depend on nothing but the result and its signal yields per region, and they are what
 costs: a pyhf upper limit takes up to a minute.  ``StatisticsCache`` memoises them by
@@ -45,6 +57,7 @@ MAX_MASS_DIST = 0.2  # SModelS' default clustering distance
 NLL_SAMPLES = 14  # grid points per sampled likelihood (plus its minimum)
 LADDER_STEPS = 4  # rungs per factor 2 for the end of a likelihood's sampling grid
 CLS_MARGIN = 0.01  # CLs this close to 0.05 decides nothing: compute the limit
+MAX_UL_RATIO = 3.0  # UL results with UL_obs > this x UL_exp: no likelihood (module docstring)
 
 
 def grid_end(mu_max: float) -> float:
@@ -157,8 +170,11 @@ class Prediction:
 
     @property
     def has_likelihood(self) -> bool:
+        """EM and combined results always; UL results with an expected limit no more than
+        ``MAX_UL_RATIO`` times below the observed one (module docstring)."""
         if self.data_type == "UL":
-            return bool(self.ul_obs_fb and self.ul_exp_fb)
+            return bool(self.ul_obs_fb and self.ul_exp_fb
+                        and self.ul_obs_fb <= MAX_UL_RATIO * self.ul_exp_fb)
         return True
 
     def excess(self, mu_max: float) -> bool:

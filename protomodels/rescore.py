@@ -5,7 +5,7 @@ A run walks with one statistical model for its pyhf results (``run.json``'s
 K with the full likelihoods is a question for its few best models, not a cost of every
 step: ``rescore`` re-evaluates the hiscores with the run's r_limit and selection and the
 other likelihood, and writes ``RUN/rescore-<likelihood>.json`` (schema
-``protomodels.rescore/1``; rows keyed by walker and step).  ``hiscores`` and ``show``
+``protomodels.rescore/1``; rows keyed by walker, step and whether polished).  ``hiscores`` and ``show``
 read these files and give every K they have; the ranking stays the run's own.
 """
 
@@ -58,11 +58,11 @@ def rescore(run_dir: Path, db, entries: List[Dict[str, Any]]) -> Tuple[Path, Lis
         result = significance.evaluate(ProtoModel.from_dict(entry["model"]), db,
                                        r_limit=config.get("r_limit", 1.0), selection=selection)
         rows.append({"rank": entry["rank"], "walker": entry["walker"], "step": entry["step"],
-                     "K_run": entry["K"], "likelihood_run": config["likelihood"],
+                     "polished": bool(entry.get("polished", False)), "K_run": entry["K"], "likelihood_run": config["likelihood"],
                      "K": result.K, "TL": result.TL, "mu_hat": result.mu_hat,
                      "r_max": result.r_max, "seconds": round(time.perf_counter() - t0, 2)})
-    keys = {(r["walker"], r["step"]) for r in rows}
-    record["rows"] = [r for r in record["rows"] if (r["walker"], r["step"]) not in keys] + rows
+    keys = {_key(r) for r in rows}
+    record["rows"] = [r for r in record["rows"] if _key(r) not in keys] + rows
     record["database"] = {"path": db.path, "sha256": db.sha256}
     write_json_atomic(path, record)
     return path, rows
@@ -78,10 +78,15 @@ def k_values(run_dir: Path, entries: List[Dict[str, Any]]) -> List[Dict[str, flo
     """K of each hiscore entry by likelihood: the run's own, and every re-scored one
     (NaN where that model was not re-scored); run.json and each rescore file read once."""
     own = read_run_config(run_dir)["likelihood"]
-    rescored = {name: {(r["walker"], r["step"]): float(r["K"])
-                       for r in _read(rescore_path(run_dir, name))["rows"]}
+    rescored = {name: {_key(r): float(r["K"]) for r in _read(rescore_path(run_dir, name))["rows"]}
                 for name in rescored_likelihoods(run_dir, exclude=own)}
     return [{own: float(entry["K"]),
-             **{name: rows.get((entry["walker"], entry["step"]), math.nan)
+             **{name: rows.get(_key(entry), math.nan)
                 for name, rows in rescored.items()}}
             for entry in entries]
+
+
+def _key(row: Dict[str, Any]) -> tuple:
+    """A hiscore's identity across files: the chain and step that found it, and whether it
+    is the polished version of that model (``protomodels polish``)."""
+    return (row["walker"], row["step"], bool(row.get("polished", False)))

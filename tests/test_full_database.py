@@ -168,3 +168,25 @@ def test_benchmark_models_without_new_processes_keep_their_k(full_db):
         assert result.r_max == pytest.approx(old["r_max"], rel=1e-9, abs=1e-12), old["index"]
         unchanged += 1
     assert unchanged == 14
+
+
+def test_ul_map_artefacts_give_no_likelihood(full_db):
+    """A smuon at 393 GeV over XZ1 at 339 GeV sits where CMS-SUS-20-001's expected UL map
+    (undefined 13 GeV lower) interpolates a limit ten times below the observed one: a
+    walker found K = 29 there from that single UL result.  Above UL_obs/UL_exp = 3 a UL
+    result only constrains (r_obs); at 450 GeV (ratio below 1) it keeps its likelihood."""
+    from protomodels.model import ProtoModel
+    from protomodels.predictor import MAX_UL_RATIO
+
+    def cms_sus_20_001(smuon):
+        model = ProtoModel(masses={1000022: 338.7, 1000013: smuon}, decays={1000013: {"l XZ1": 1.0}})
+        found = [p for p in predict(model, full_db) if p.analysis_id == "CMS-SUS-20-001"]
+        assert len(found) == 1 and found[0].data_type == "UL"
+        return model, found[0]
+
+    model, artefact = cms_sus_20_001(392.8)
+    assert artefact.ul_obs_fb > 10 * artefact.ul_exp_fb > 0
+    assert not artefact.has_likelihood and artefact.r_obs is not None
+    assert significance.evaluate(model, full_db).K < 2
+    _, regular = cms_sus_20_001(450.0)
+    assert regular.ul_obs_fb <= MAX_UL_RATIO * regular.ul_exp_fb and regular.has_likelihood
