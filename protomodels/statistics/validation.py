@@ -164,8 +164,9 @@ def validation_signals(expresult, regions: Sequence[str], count: int,
         return []
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(candidates))
-    picked = sorted(order[:count]) if len(candidates) > count else range(len(candidates))
-    return [candidates[i] for i in picked]
+    # in the permutation's order: asking for more signals extends the list, so an
+    # extended or interrupted validation reuses every signal already computed
+    return [candidates[i] for i in order[:count]]
 
 
 @contextlib.contextmanager
