@@ -319,6 +319,8 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
     from .runs import WalkConfig, load_config, walk as run_walk
 
     values: Dict[str, Any] = load_config(Path(config_file)) if config_file else {}
+    if "temperature" in values:  # a config file in the old terms; flags still win
+        values["ladder"] = [values.pop("temperature")]
     if ladder is not None and temperature is not None:
         raise click.UsageError("give --ladder or --temperature, not both")
     temperatures = _ladder(ladder) if ladder is not None else (
@@ -328,8 +330,6 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
              "checkpoint_every": checkpoint_every, "database": database_path,
              "likelihood": likelihood}
     values.update({k: v for k, v in flags.items() if v is not None})
-    if "temperature" in values:  # a config file in the old terms
-        values["ladder"] = [values.pop("temperature")]
     if not values.get("out"):
         raise click.UsageError("give --out DIR for a new run, or --resume DIR")
     runner = None
@@ -554,13 +554,12 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
 
 def _ladder(text: str) -> List[float]:
     """--ladder T1,T2,...: a one-line UsageError for anything but positive ascending numbers."""
+    from .tempering import Ladder
+
     try:
-        values = [float(t) for t in text.split(",")]
-    except ValueError:
-        raise click.UsageError(f"--ladder {text!r}: expected comma-separated temperatures") from None
-    if not values or any(not v > 0 for v in values) or any(b <= a for a, b in zip(values, values[1:])):
-        raise click.UsageError(f"--ladder {text!r}: temperatures must be positive and ascending")
-    return values
+        return list(Ladder(tuple(float(t) for t in text.split(","))).temperatures)
+    except ValueError as error:
+        raise click.UsageError(f"--ladder {text!r}: {error}") from None
 
 
 @cli.command()

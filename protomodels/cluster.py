@@ -95,7 +95,11 @@ class DaskRunner(Runner):
     def start(self, out, seeds, ladder, config, score) -> None:
         from dataclasses import asdict
 
+        import hashlib
+
         self.out, self.seeds, self.ladder = str(out), seeds, ladder
+        # task keys unique to this run: runs sharing a scheduler must not share futures
+        self.run_key = hashlib.sha256(f"{Path(out).resolve()}:{config.seed}".encode()).hexdigest()[:12]
         self.config = {k: v for k, v in asdict(config).items() if k != "processes"}
         self.client, self.closers = connect(self.spec, self.jobs)
         logger.warning("cluster: %s, %d chains", self.client.dashboard_link or self.spec,
@@ -104,16 +108,22 @@ class DaskRunner(Runner):
     def advance(self, targets, report):
         futures = {c: self.client.submit(chain_task, self.out, c, self.seeds[c], t,
                                          self.ladder.temperature(c), self.config,
-                                         self.score_factory, key=f"protomodels-walker-{c}-{t}",
+                                         self.score_factory,
+                                         key=f"protomodels-{self.run_key}-walker-{c}-{t}",
                                          pure=False)
                    for c, t in sorted(targets.items())}
-        while not all(f.done() for f in futures.values()):
-            time.sleep(0.5)
-            report()
+        try:
+            while not all(f.done() for f in futures.values()):
+                time.sleep(0.5)
+                report()
+        except KeyboardInterrupt:  # no task may write after this run's lock is released
+            self.client.cancel(list(futures.values()), force=True)
+            raise
         crashed = []
         for c, future in futures.items():
             if future.status != "finished":
-                logger.error("walker %d failed on the cluster: %s", c, future.exception())
+                problem = future.exception() if future.status == "error" else future.status
+                logger.error("walker %d failed on the cluster: %s", c, problem)
                 crashed.append(c)
         return crashed, []
 

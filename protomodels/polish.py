@@ -20,7 +20,7 @@ The optimiser is ``scipy.optimize.minimize(method="Nelder-Mead")`` on -K (K is
 piecewise, from interpolated upper-limit maps and a best combination that can switch,
 so it has no useful derivatives).  Coordinates are scaled so that the initial simplex is
 the origin's point plus one step along each axis: 0.05 in log(mass) (5%), 0.2 in
-log(multiplier), 0.5 in a BR log-ratio; scipy reflects a step that would leave a bound.
+log(multiplier), 0.5 in a BR log-ratio; scipy clips a step that would leave a bound.
 Box bounds are the ``Space``'s mass ranges (default: the lower wall to 2400 GeV) and its
 ``ssm_range``; every other model-space rule (the LSP lightest, ordered pairs, the top
 corridor, a fixed channel kinematically closed, BRs) is checked with
@@ -204,7 +204,7 @@ def polish_model(model: ProtoModel, score: Score, max_evaluations: int = MAX_EVA
         objective(start)
         while count[0] < max_evaluations:
             before = best["value"]
-            simplex = np.vstack([start, np.eye(n)])
+            simplex = np.vstack([start, start + np.eye(n)])  # one step along each axis
             minimize(objective, start, method="Nelder-Mead", bounds=bounds,
                      options={"initial_simplex": simplex, "xatol": XATOL, "fatol": FATOL,
                               "maxfev": 20 * max_evaluations})

@@ -12,16 +12,20 @@ the first rung of a fixed ladder at or above mu_max); the paper's truncated Gaus
 UL results with an expected limit; none otherwise.
 
 A UL result whose observed limit exceeds ``MAX_UL_RATIO`` times its expected one gets no
-likelihood either (it still constrains through r_obs).  Such ratios mean a ~19 sigma
-"excess" at 10x and are interpolation artefacts at the edges of the maps, not data: over
-the 555,699 grid points of the observed UL maps of database 3.0.0 that have an expected
-map, UL_obs/UL_exp has median 1.04, 99.9% quantile 2.68, and exceeds 3 at 0.06% of them,
-mostly in four maps (CMS-SUS-19-011 T2tt/T2ttoff, CMS-SUS-20-001 TSlepSlep,
-CMS-SUS-18-002 T6ttZg), up to 1452.  A replica-exchange walker's coldest chain found one
-within 170 steps: a smuon at 393 GeV over XZ1 at 339 GeV, where CMS-SUS-20-001's expected
-map (undefined 13 GeV lower) interpolates UL_exp = 91 fb against UL_obs = 973 fb, for
-K = 29 from that one result.  At the cut the truncated Gaussian already gives TL of about
-4.6 (a 2 sigma excess), the most an upper-limit map alone can be trusted with.
+likelihood either (it still constrains through r_obs).  In the truncated Gaussian a ratio
+of 10.7 is an 8.9 sigma excess (TL = 79): such ratios are interpolation artefacts at the
+edges of the maps, not data.  Over the 555,699 grid points of the observed UL maps of
+database 3.0.0 that have an expected map, UL_obs/UL_exp has median 1.04, 99.9% quantile
+2.68 (TL 4.7), and exceeds 3 at 0.06% of them, mostly in four maps (CMS-SUS-19-011
+T2tt/T2ttoff, CMS-SUS-20-001 TSlepSlep, CMS-SUS-18-002 T6ttZg), up to 1452.  A
+replica-exchange walker's coldest chain found one within 170 steps: a smuon at 393 GeV
+over XZ1 at 339 GeV, where CMS-SUS-20-001's expected map (undefined 13 GeV lower)
+interpolates UL_exp = 91 fb against UL_obs = 973 fb, for K = 29 from that one result.
+At the cut the truncated Gaussian gives TL = 6.1 (2.5 sigma), the most an upper-limit
+map alone is trusted with here; dropping the likelihood beyond it (rather than capping
+the ratio) leaves the artefact regions flat at TL = 0 instead of a plateau at 6.  The
+guard is for real databases only: a fake one (``fakedb``) draws UL_obs from UL_exp at
+each grid point, so it has no such artefacts, and its large ratios are injected signals.
 
 The statistics of an EM or combined result (its upper limits, likelihood values and curves)
 depend on nothing but the result and its signal yields per region, and they are what
@@ -106,6 +110,8 @@ class Prediction:
     theory: Any = field(default=None, repr=False)  # the SModelS TheoryPrediction
     stats: ResultStatistics = field(default_factory=ResultStatistics, repr=False)
     _curve: Optional[NllCurve] = field(default=None, repr=False)  # UL results' own curve
+    #: UL results: no likelihood above this UL_obs/UL_exp (None: no limit; fake databases)
+    max_ul_ratio: Optional[float] = MAX_UL_RATIO
 
     @property
     def ul_obs_fb(self) -> Optional[float]:
@@ -173,8 +179,8 @@ class Prediction:
         """EM and combined results always; UL results with an expected limit no more than
         ``MAX_UL_RATIO`` times below the observed one (module docstring)."""
         if self.data_type == "UL":
-            return bool(self.ul_obs_fb and self.ul_exp_fb
-                        and self.ul_obs_fb <= MAX_UL_RATIO * self.ul_exp_fb)
+            return bool(self.ul_obs_fb and self.ul_exp_fb and (
+                self.max_ul_ratio is None or self.ul_obs_fb <= self.max_ul_ratio * self.ul_exp_fb))
         return True
 
     def excess(self, mu_max: float) -> bool:
@@ -280,6 +286,9 @@ def predict_slha_text(slha_text: str, database: ExperimentalDatabase,
             continue
         predictions.extend(_predictions_for(expresult, sms_match, smodels_db.expSMSDict,
                                             selection, database.statistics))
+    if database.fake:
+        for prediction in predictions:
+            prediction.max_ul_ratio = None
     logger.debug("decomposition %.3fs, %d predictions in %.3fs", t1 - t0, len(predictions),
                  time.perf_counter() - t1)
     return predictions

@@ -45,7 +45,10 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
         raise RunError(f"{run_dir / 'hiscores.json'}: no hiscores")
     config = legacy_config(dict(run.get("config", {})))
     config["steps"] = sum(s.get("steps", 0) for s in run.get("segments", [])) or config.get("steps")
-    best = max(entries, key=lambda e: e["K"])
+    walked = [e for e in entries if not e.get("polished")]  # fakes are never polished
+    if not walked:
+        raise RunError(f"{run_dir / 'hiscores.json'}: only polished hiscores")
+    best = max(walked, key=lambda e: e["K"])
     walkers = sorted(run_dir.glob("walker-*/checkpoint.json"))
     done = min((json.loads(c.read_text()).get("step", 0) for c in walkers), default=None)
     return {"run": str(run_dir), "best_K": float(best["K"]), "steps_done": done,

@@ -48,7 +48,8 @@ CHECKPOINT_SCHEMA = "protomodels.checkpoint/1"
 
 
 def walker_seeds(seed: int, walkers: int) -> List[np.random.SeedSequence]:
-    """One independent stream per walker: SeedSequence(seed).spawn(walkers)."""
+    """One independent stream per chain: SeedSequence(seed).spawn(chains); a run's swap
+    stream is the next child (``tempering.swap_stream``)."""
     return np.random.SeedSequence(seed).spawn(walkers)
 
 
@@ -175,10 +176,12 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
 
     def checkpoint(step_number: int, state_model: ProtoModel, size: int,
                    state_record: Dict[str, Any]) -> None:
-        store.save_checkpoint(step_number, state_model, state_record, rng, size)
+        # hiscores first: a kill in between redoes the steps and merges them again
+        # (harmless), where the other order would lose their candidates
         if hiscores is not None and candidates:
             update_hiscores(hiscores, candidates)
             candidates.clear()
+        store.save_checkpoint(step_number, state_model, state_record, rng, size)
 
     moves = default_moves(space)
     last = (first - 1, model, store.size(), record)
@@ -201,12 +204,18 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
             if step.step % checkpoint_every == 0 or step.step == first + steps - 1:
                 checkpoint(*last)
     except KeyboardInterrupt:
+        import signal
+        # a second Ctrl-C or SIGTERM must not cut the checkpoint short
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         logger.warning("walker %d interrupted at step %d: checkpointing", walker, last[0])
         # Back to the last complete step: its generator state, its history length (a line
         # of an unfinished step may have reached the disk), so that a resume is exact.
-        rng.bit_generator.state = rng_after_last
-        store.truncate_history(last[2])
-        checkpoint(*last)
+        try:
+            rng.bit_generator.state = rng_after_last
+            store.truncate_history(last[2])
+            checkpoint(*last)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         raise
 
 
@@ -322,11 +331,7 @@ class WalkConfig:
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
 
 
-    processes: Optional[int] = None  # local runner: worker processes [default: min(walkers, cores)]
-
-    def __post_init__(self) -> None:
-        if self.processes is None:
-            self.processes = min(self.walkers, os.cpu_count() or 1)
+    processes: Optional[int] = None  # local runner: worker processes [default: min(chains, cores)]
 
 
 #: Runs made before the likelihood was a setting used SModelS' default workspaces: the
@@ -402,7 +407,16 @@ def _versions(db) -> Dict[str, Any]:
             "database_fake": db.fake if db else None}
 
 
+_SIGNALS_RECEIVED: List[int] = []
+
+
 def _interrupt(signum, frame):
+    _SIGNALS_RECEIVED.append(signum)
+    raise KeyboardInterrupt
+
+
+def _ctrl_c(signum, frame):
+    _SIGNALS_RECEIVED.append(signum)
     raise KeyboardInterrupt
 
 
@@ -481,7 +495,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
 
     def report() -> None:
         now = time.monotonic()
-        if now - last_report[0] > (2.0 if tty else 30.0):
+        if now - last_report[0] > (10.0 if tty else 30.0):
             last_report[0] = now
             line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
                              f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
@@ -496,8 +510,8 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     end = max(done) + config.steps
     crashed: List[int] = []
     interrupted: List[int] = []
-    runner.start(out, seeds, ladder, config, score)
     try:
+        runner.start(out, seeds, ladder, config, score)
         if journal is not None and min(done) == max(done):  # stopped between round and sweep
             journal = _maybe_sweep(tempering, journal, stores, ladder, config, min(done))
         for stop in boundaries(min(done), end, config.swap_every, ladder.rungs):
@@ -508,6 +522,9 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
             done = [max(d, stop) for d in done]
             if journal is not None:
                 journal = _maybe_sweep(tempering, journal, stores, ladder, config, stop)
+    except KeyboardInterrupt:  # between rounds or in a sweep: its journal finishes it on resume
+        logger.warning("interrupted between rounds: --resume continues")
+        interrupted = sorted(set(range(ladder.chains)) - set(crashed))
     finally:
         runner.close()
     if tty:
@@ -587,15 +604,19 @@ class LocalRunner(Runner):
         import signal
         # Ctrl-C and SIGTERM stop the run, also when started in the background (where
         # shells set SIGINT to be ignored).
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _SIGNALS_RECEIVED.clear()
+        signal.signal(signal.SIGINT, _ctrl_c)
         signal.signal(signal.SIGTERM, _interrupt)
         context = multiprocessing.get_context("fork")
         freeze_before_fork()
-        count = max(1, min(config.processes or 1, ladder.chains))
+        count = max(1, min(config.processes or os.cpu_count() or 1, ladder.chains))
         for w in range(count):
             mine, theirs = context.Pipe()
+            # the child closes every parent end it inherits, so that it sees end-of-file
+            # (and exits) when this process dies
+            parents = [c for _, c in self.workers] + [mine]
             process = context.Process(target=_chain_worker, name=f"chains-{w}",
-                                      args=(theirs, out, seeds, ladder, config, score))
+                                      args=(theirs, parents, out, seeds, ladder, config, score))
             process.start()
             theirs.close()
             self.workers.append((process, mine))
@@ -604,21 +625,29 @@ class LocalRunner(Runner):
         import signal
         count = len(self.workers)
         busy = {}
-        for w, (process, conn) in enumerate(self.workers):
-            mine = [(c, t) for c, t in sorted(targets.items()) if c % count == w]
-            if mine:
-                conn.send(mine)
-                busy[w] = [c for c, _ in mine]
         crashed: List[int] = []
         interrupted: List[int] = []
+        for w, (process, conn) in enumerate(self.workers):
+            mine = [(c, t) for c, t in sorted(targets.items()) if c % count == w]
+            if not mine:
+                continue
+            try:
+                conn.send(mine)
+                busy[w] = [c for c, _ in mine]
+            except OSError:  # the worker died between rounds
+                logger.error("worker %d is gone (exit code %s)", w, process.exitcode)
+                crashed += [c for c, _ in mine]
         try:
             self._collect(busy, crashed, interrupted, report)
         except KeyboardInterrupt:
             logger.warning("interrupted: waiting for the chains to checkpoint")
-            for w in busy:
-                process = self.workers[w][0]
-                if process.is_alive():
-                    os.kill(process.pid, signal.SIGINT)
+            # Ctrl-C in a terminal reaches the workers too; a SIGTERM to this process
+            # alone (or a SIGINT from kill) is passed on, once
+            if signal.SIGTERM in _SIGNALS_RECEIVED or not sys.stdin.isatty():
+                for w in busy:
+                    process = self.workers[w][0]
+                    if process.is_alive():
+                        os.kill(process.pid, signal.SIGINT)
             self._collect(busy, crashed, interrupted, lambda: None)
         return sorted(crashed), sorted(interrupted)
 
@@ -629,9 +658,12 @@ class LocalRunner(Runner):
                 if conn.poll(0.2):
                     try:
                         lost, stopped = conn.recv()
-                    except EOFError:
-                        lost, stopped = ((busy[w], []) if process.exitcode not in (None, 130)
-                                         else ([], busy[w]))
+                    except (EOFError, OSError):
+                        process.join(10)  # reaped before its exit code is read
+                        lost, stopped = (([], busy[w]) if process.exitcode == 130
+                                         else (busy[w], []))
+                        if lost:
+                            logger.error("worker %d exited with code %s", w, process.exitcode)
                     crashed += lost
                     interrupted += stopped
                     del busy[w]
@@ -657,11 +689,15 @@ class LocalRunner(Runner):
         self.workers = []
 
 
-def _chain_worker(conn, out: Path, seeds, ladder: Ladder, config: WalkConfig,
+def _chain_worker(conn, parents, out: Path, seeds, ladder: Ladder, config: WalkConfig,
                   score: Score) -> None:
-    """A LocalRunner worker: advances the chains it is sent, round after round."""
+    """A LocalRunner worker: advances the chains it is sent, round after round; exits when
+    told to, when interrupted, or when the run's process is gone (end-of-file)."""
     import multiprocessing
     import signal
+    for parent in parents:
+        parent.close()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # batch schedulers stop jobs with SIGTERM
     space = Space()
     try:

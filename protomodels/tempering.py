@@ -89,7 +89,7 @@ class Ladder:
 def log_swap_ratio(K_i: float, T_i: float, K_j: float, T_j: float) -> float:
     """ln of the acceptance ratio of exchanging the states of a chain at T_i (holding K_i)
     and one at T_j (holding K_j): (K_i - K_j)(1/(2 T_j) - 1/(2 T_i)).  A state that could
-    not be scored (K = -inf) never moves to a colder rung; two such states: -inf."""
+    not be scored (K = -inf) never moves to a colder rung; two such states: 0."""
     if K_i == K_j:
         return 0.0
     value = (K_i - K_j) * (1.0 / (2.0 * T_j) - 1.0 / (2.0 * T_i))

@@ -15,7 +15,7 @@ model space), and the 13 TeV gluino table switches from NLO+NLL to NNLOapprox+NN
 Interpolation: log(sigma) linear in mass between the two neighbouring rows, because the
 cross sections fall roughly exponentially with mass.  Outside a table's mass range
 :class:`~protomodels.exceptions.XsecError` is raised (naming file, process, mass and
-range) unless extrapolation is asked for; nothing is dropped
+range) unless extrapolation is asked for (see "Tails" below); nothing is dropped
 silently.  Note the upper ends: several tables stop at 2000 GeV (8 TeV tables, 13 TeV
 electroweak ones), the 13 TeV slepton table at 1000 GeV, the 8 TeV slepton and chargino
 tables at 500 and 1000 GeV, while proto-model masses go up to 2400 GeV.
@@ -74,17 +74,20 @@ Tails: above its last row a table is continued from its last *trusted* row: walk
 back from the end, a row is not trusted while its printed value is rounded coarser than
 ``MAX_ROUNDING`` (half a unit of its last digit relative to the value; the higgsino
 N2C1p/m tables print "0.02" and "0.01" fb in their last rows) or is not strictly below
-the row before it (C1C1hino's last row).  Untrusted rows are replaced by the tail.
-Every table used before issue 12 is trusted to its last row and keeps its tail: the
-straight line in log(sigma) through its two outermost rows.  The higgsino-like tables
-are continued with the mass dependence of the wino-like N2C1p table at 13 TeV (printed
-to six digits up to 2000 GeV, strictly decreasing; beyond 2000 GeV its own line),
-normalised at the trusted end: sigma(m) = sigma(m_end) x ref(m) / ref(m_end).  A straight
-line in log(sigma) falls too fast, log(sigma) being convex in mass: cut at 1000 GeV, it
-underestimates the N1N2 table at 1450 GeV by 40%, the reference shape by 3% (7% at
-most in between; C1C1hino, whose rows are noisier, within 23%; measured when choosing).
-Every table is thus positive and non-increasing from its trusted end to 2400 GeV and
-beyond (tested).
+the row before it (C1C1hino's last row).  A row's rounding is judged with the finest
+last digit printed in it or any later row (the higgsino N2C1 tables print two decimals
+and drop trailing zeros: "0.7" there is 0.70).  Untrusted rows are replaced by the tail,
+also inside the table's range.  Every table used before issue 12 is trusted to its last
+row and keeps its tail: the straight line in log(sigma) through its two outermost rows.
+The higgsino-like tables are continued with the mass dependence of their wino-like
+counterpart at 13 TeV (N2C1p for N1N2 and N2C1p, N2C1m, C1C1; printed to six digits up
+to 2000 GeV; beyond 2000 GeV their own line), normalised at the trusted end:
+sigma(m) = sigma(m_end) x ref(m) / ref(m_end), with ref's running minimum from m_end
+(the wino N2C1m table rises by 0.3% at 1400 GeV).  A straight line in log(sigma) falls too
+fast, log(sigma) being convex in mass: cut at 1000 GeV, it underestimates the N1N2 table
+at 1450 GeV by 40%, the N2C1p shape by 3% (7% at most in between; measured when
+choosing).  Every table is thus positive and non-increasing from its trusted end to
+2400 GeV and beyond (tested).
 
 """
 
@@ -139,9 +142,12 @@ _FILE_NAMES: dict[str, str] = {
 HIGGSINO_SQRTS = 13
 
 # Tails (module docstring): a printed value rounded coarser than this is not trusted, and
-# the higgsino-like tables continue with the shape of this table (name, sqrts).
+# each higgsino-like table continues with the shape of its wino counterpart (name, sqrts).
 MAX_ROUNDING = 0.1
-TAIL_SHAPE = ("N2C1p", 13)
+TAIL_SHAPES: dict[str, tuple[str, int]] = {
+    "N2N1hino": ("N2C1p", 13), "N2C1phino": ("N2C1p", 13), "N2C1mhino": ("N2C1m", 13),
+    "C1C1hino": ("C1C1", 13),
+}
 
 # Multiply a cross section in this unit by the factor to get pb.
 _UNIT_TO_PB: dict[str, float] = {"ab": 1e-6, "fb": 1e-3, "pb": 1.0, "nb": 1e3}
@@ -229,7 +235,7 @@ class XsecTable:
     xsecs_pb: np.ndarray
     process: str = ""
     unit: str = "pb"
-    #: per row, half a unit of the printed value's last digit relative to the value
+    #: per row, half a unit of the last printed digit relative to the value (see "Tails")
     rounding: np.ndarray | None = None
     _log_xsecs: np.ndarray = field(init=False, repr=False)
     #: the table whose mass dependence continues this one above its trusted end (else a line)
@@ -289,13 +295,16 @@ class XsecTable:
                 raise XsecError(f"{path}:{lineno}: not a 'mass xsec ...' row: {stripped!r}")
             masses.append(float(match.group(1)))
             xsecs.append(float(match.group(2)))
-            rounding.append(_rounding(match.group(2)))
+            rounding.append(_last_digit(match.group(2)))
         unit = _header_unit(path, header)
         named = {int(s) for s in _SQRTS_RE.findall("\n".join(header))}
         if named and sqrts not in named:
             raise XsecError(
                 f"{path}: header names sqrt(s) = {sorted(named)} TeV, expected {sqrts} TeV"
             )
+        # a row's rounding: half a unit of the finest last digit in it or any later row
+        finest = np.minimum.accumulate(np.asarray(rounding, dtype=float)[::-1])[::-1]
+        rounding = list(0.5 * finest / np.abs(np.asarray(xsecs)))
         factor = _UNIT_TO_PB[unit]
         logger.debug("read %s: %d rows, unit %s, %s TeV", path, len(masses), unit, sqrts)
         return cls(
@@ -310,11 +319,13 @@ class XsecTable:
         )
 
     def __call__(self, mass: float, extrapolate: bool = False) -> float:
-        """Cross section (pb) at ``mass`` (GeV): log(sigma) linear in mass.
+        """Cross section (pb) at ``mass`` (GeV): log(sigma) linear in mass between rows up
+        to the last trusted row, the tail above it (module docstring, "Tails"; also for
+        untrusted rows inside the range).
 
-        Outside the table range this raises, unless ``extrapolate`` asks to continue
-        the log-linear line through the two outermost rows: no process disappears
-        silently, and the caller decides.
+        Outside the table's mass range this raises ``XsecError``, unless ``extrapolate``
+        asks for the tail above it (below it: the line through the two lowest rows): no
+        process disappears silently, and the caller decides.
         """
         lo, hi = float(self.masses[0]), float(self.masses[-1])
         end = float(self.masses[self.trusted_end])
@@ -331,7 +342,12 @@ class XsecTable:
                 logger.debug("%s: extrapolating to %g GeV above %g", self.path.name, mass, hi)
             at_end = float(self.xsecs_pb[self.trusted_end])
             if self.tail_shape is not None:
-                return at_end * self.tail_shape(mass, True) / self.tail_shape(end, True)
+                shape = self.tail_shape
+                # the shape's running minimum from the trusted end: a wiggle of the
+                # reference (wino N2C1m rises by 0.3% at 1400 GeV) cannot make a tail rise
+                between = (shape.masses > end) & (shape.masses < mass)
+                now = min([shape(mass, True)] + list(shape.xsecs_pb[between]))
+                return at_end * now / shape(end, True)
             return at_end * math.exp(self.tail_slope * (mass - end))
         m0, m1 = float(self.masses[0]), float(self.masses[1])
         y0, y1 = float(self._log_xsecs[0]), float(self._log_xsecs[1])
@@ -339,19 +355,15 @@ class XsecTable:
         return math.exp(y0 + (y1 - y0) * (mass - m0) / (m1 - m0))
 
 
-def _rounding(text: str) -> float:
-    """Half a unit of the last printed digit of ``text`` relative to its value ("0.02" ->
-    0.25, "7.54E+04" -> 6.6e-4)."""
+def _last_digit(text: str) -> float:
+    """The unit of the last printed digit of ``text`` ("0.02" -> 0.01, "7.54E+04" -> 100)."""
     from decimal import Decimal, InvalidOperation
 
     try:
-        value = Decimal(text)
+        exponent = Decimal(text).as_tuple().exponent
     except InvalidOperation:
         return 0.0
-    exponent = value.as_tuple().exponent
-    if not isinstance(exponent, int) or value == 0:
-        return 0.0
-    return float(Decimal(5).scaleb(exponent - 1) / abs(value))
+    return 10.0 ** exponent if isinstance(exponent, int) else 0.0
 
 
 def _tail(path: Path, masses: np.ndarray, log_xsecs: np.ndarray,
@@ -381,7 +393,7 @@ def load_table(name: str, sqrts: int) -> XsecTable:
         raise XsecError(
             f"cross-section table {path} not found (tables known: {', '.join(TABLE_PROCESSES)})"
         )
-    shape = load_table(*TAIL_SHAPE) if name.endswith("hino") else None
+    shape = load_table(*TAIL_SHAPES[name]) if name in TAIL_SHAPES else None
     return XsecTable.from_file(path, sqrts, TABLE_PROCESSES.get(name, name), tail_shape=shape)
 
 
@@ -407,10 +419,10 @@ def reference_xsecs(masses: dict[int, float], sqrts: int,
     model's signal-strength multipliers, so sigma(process) = reference x multiplier.
 
     The process list and its approximations are in the module docstring.  A mass outside
-    a table's range is extrapolated log-linearly from the table's outermost two rows
-    (logged at debug level; proto-model masses reach 2400 GeV while several tables stop
-    at 2000 GeV or below), or raises :class:`XsecError` if ``extrapolate`` is False; an
-    unknown pid always raises.
+    a table's range gets the table's tail (module docstring, "Tails"; logged at debug
+    level; proto-model masses reach 2400 GeV while several tables stop at 2000 GeV or
+    below), or raises :class:`XsecError` if ``extrapolate`` is False; an unknown pid
+    always raises.
     """
     unknown = sorted(set(masses) - KNOWN_PIDS)
     if unknown:

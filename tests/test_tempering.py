@@ -144,8 +144,9 @@ def test_a_kill_in_the_middle_of_a_sweep_is_finished_on_resume(tmp_path, monkeyp
             raise KeyboardInterrupt  # as if killed here
 
     monkeypatch.setattr(WalkerStore, "replace_state", dying)
-    with pytest.raises(KeyboardInterrupt):
-        walk(WalkConfig(out=str(tmp_path / "run"), steps=20, **SETTINGS), score_factory=fake_factory)
+    summary = walk(WalkConfig(out=str(tmp_path / "run"), steps=20, **SETTINGS),
+                   score_factory=fake_factory)
+    assert summary["interrupted"] == [0, 1, 2] and written
     monkeypatch.setattr(WalkerStore, "replace_state", original)
     journal = tempering.TemperingStore(tmp_path / "run").load(None)
     assert journal["pending"]["step"] == 10 and journal["swapped_through"] == 5
@@ -159,3 +160,75 @@ def test_hiscores_name_the_temperature_of_their_chain(tmp_path):
     walk(WalkConfig(out=str(tmp_path / "run"), steps=10, **SETTINGS), score_factory=fake_factory)
     entries = hiscores.read(tmp_path / "run" / "hiscores.json")
     assert entries and all(e["temperature"] in (0.5, 1.0, 2.0) for e in entries)
+
+
+def _slow_factory():
+    from .test_runs import slow_score
+    return slow_score
+
+
+def test_sigterm_in_the_middle_of_a_tempered_run_resumes_exactly(tmp_path):
+    """SIGTERM to a running replica-exchange run (several rounds and sweeps): every busy
+    chain checkpoints its last step, and --resume ends with the histories and swaps of
+    an uninterrupted run."""
+    import json
+    import multiprocessing
+    import os
+    import signal
+
+    from .test_runs import wait_for
+
+    settings = dict(SETTINGS, steps=60)
+    walk(WalkConfig(out=str(tmp_path / "ref"), **settings), score_factory=fake_factory)
+    out, summary_file = tmp_path / "run", tmp_path / "summary.json"
+
+    def target():
+        summary = walk(WalkConfig(out=str(out), **settings), score_factory=_slow_factory)
+        summary_file.write_text(json.dumps(summary))
+
+    proc = multiprocessing.get_context("fork").Process(target=target)
+    proc.start()
+    history = out / "walker-2" / "history.jsonl"
+    wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 12)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.join(60)
+    summary = json.loads(summary_file.read_text())
+    assert summary["crashed"] == [] and summary["interrupted"]
+    for c in range(3):
+        done = WalkerStore(out / f"walker-{c}").load_checkpoint()["step"]
+        assert len(read_history(out / f"walker-{c}")) == done < 60
+    # --steps on resume counts from the chain that got furthest
+    walk(WalkConfig(out=str(out), steps=60 - max(
+        WalkerStore(out / f"walker-{c}").load_checkpoint()["step"] for c in range(3))),
+        resume=True, score_factory=fake_factory)
+    assert _run_bytes(out, 3) == _run_bytes(tmp_path / "ref", 3)
+
+
+def test_workers_exit_when_the_run_process_is_killed(tmp_path):
+    """SIGKILL of the run's own process (no cleanup at all): its worker processes see
+    the end of their pipe and exit, so nothing keeps writing or holds the run's lock."""
+    import multiprocessing
+    import os
+    import signal
+
+    import psutil
+
+    from .test_runs import wait_for
+
+    out = tmp_path / "run"
+
+    def target():
+        walk(WalkConfig(out=str(out), **dict(SETTINGS, steps=400)), score_factory=_slow_factory)
+
+    proc = multiprocessing.get_context("fork").Process(target=target)
+    proc.start()
+    history = out / "walker-0" / "history.jsonl"
+    wait_for(lambda: history.exists() and len(history.read_text().splitlines()) >= 3)
+    workers = psutil.Process(proc.pid).children()
+    assert workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
+    # the lock is free: the run resumes
+    walk(WalkConfig(out=str(out), steps=5), resume=True, score_factory=fake_factory)

@@ -18,11 +18,13 @@ code4p, so unit hi/lo data times gamma equal SModelS' s(1 +- u).  The signal yie
 then ordinary (fixed) entries of the parameter vector: a dynamic argument of the jitted
 objective, not part of the model.
 
-The upper limit follows SModelS' ``getUpperLimitOnMu``: qtilde, asymptotic CLs, the
-signal rescaled by factors of 3 until the root lies in mu in [0.2, 5] with the POI
-bounded to [0, 10], then SModelS' ``findRoot`` (toms748, brentq as fallback) with
-rtol = xtol = 1e-3.  ``tests/test_simplified.py`` checks the numbers against SModelS'
-own computer.
+The upper limit follows SModelS' ``getUpperLimitOnMu`` step by step: qtilde,
+asymptotic CLs, the signal rescaled (by factors of 3, damped as SModelS damps them)
+until the root lies in mu in [0.2, 5] with the POI bounded to [0, 10], then SModelS'
+``findRoot`` (toms748, brentq as fallback) with rtol = xtol = 1e-3 on the absolute mu.
+The likelihood is identical; the limits agree with SModelS' own computer to the root
+search's tolerance (``tests/test_simplified.py``; 1e-8 on ATLAS-SUSY-2018-31's full
+workspace A for the signals compared).
 """
 
 from __future__ import annotations
@@ -131,26 +133,71 @@ class SignalAsParameters:
 
     def upper_limit(self, signal: Mapping[str, float], expected: bool,
                     cl: float = 0.95) -> Optional[float]:
-        """95% CLs upper limit on mu for ``signal`` (SModelS' rescaling and root search;
-        module docstring); None where no bracket is found in 10 rescalings."""
+        """95% CLs upper limit on mu for ``signal``: SModelS' ``getUpperLimitOnMu`` step by
+        step (its bracket search with rescaling, NaN handling, factor damping and limits
+        of 10 attempts and 5 NaNs; then ``findRoot`` on the absolute mu with rtol = xtol =
+        1e-3); None where SModelS gives None."""
         from smodels.statistics.basicStats import findRoot
 
         if not any(float(signal.get(r, 0.0)) > 0 for bins in self.bins.values() for r in bins):
             return None
         alpha = 1.0 - cl
-        scale, factor = 1.0, 3.0
-        lo, hi = 0.2, 5.0
-        for _ in range(10):
-            low = alpha - self.cls(lo, signal, expected, scale)
-            high = alpha - self.cls(hi, signal, expected, scale)
-            if np.isnan(low) or np.isnan(high):
+
+        def excess(mu_rel: float, scale: float) -> float:  # SModelS' "alpha-CLs"
+            return alpha - self.cls(mu_rel, signal, expected, scale)
+
+        factor, scale = 3.0, 1.0
+        lo_mu, med_mu, hi_mu = 0.2, 1.0, 5.0
+        were_both_large = were_both_tiny = False
+        scales: List[float] = []
+        attempts = nans = 0
+        while True:
+            attempts += 1
+            if nans > 5 or attempts > 10:
                 return None
-            if low < 0.0 < high:
-                root = findRoot(lambda mu: alpha - self.cls(mu, signal, expected, scale),
-                                lo, hi, rtol=1e-3, xtol=1e-3)
-                return float(root * scale)
-            scale *= factor if high < 0.0 else 1.0 / factor
-        return None
+            rt1, rt10 = excess(lo_mu, scale), excess(hi_mu, scale)
+            if rt1 < 0.0 < rt10:
+                break
+            if len(scales) >= 2 and scales[-2] == scale:  # SModelS' alreadyBeenThere
+                factor = 1 + 0.75 * (factor - 1)
+            scales.append(scale)
+            if np.isnan(rt1):
+                rt5 = excess(med_mu, scale)
+                if rt5 < 0.0 and rt10 > 0.0:
+                    lo_mu = med_mu
+                    med_mu = float(np.sqrt(lo_mu * hi_mu))
+                    continue
+                if rt10 < 0.0:
+                    hi_mu = hi_mu + (10.0 - hi_mu) * 0.5
+                    med_mu = float(np.sqrt(lo_mu * hi_mu))
+                nans += 1
+                scale *= factor
+                continue
+            if np.isnan(rt10):
+                rt5 = excess(med_mu, scale)
+                if rt5 > 0.0 and rt1 < 0.0:
+                    hi_mu = med_mu
+                    med_mu = float(np.sqrt(lo_mu * hi_mu))
+                    continue
+                if rt1 > 0.0:
+                    lo_mu = lo_mu * 0.5
+                    med_mu = float(np.sqrt(lo_mu * hi_mu))
+                nans += 1
+                scale /= factor
+                continue
+            if rt10 < 0 and rt1 < 0 and were_both_large:
+                factor = 1 + (factor - 1) / 2
+            if rt10 > 0 and rt1 > 0 and were_both_tiny:
+                factor = 1 + (factor - 1) / 2
+            were_both_tiny = rt10 < 0 and rt1 < 0
+            were_both_large = rt10 > 0 and rt1 > 0
+            if rt10 < 0.0:
+                scale *= factor
+            elif rt1 > 0.0:
+                scale /= factor
+        root = findRoot(lambda mu: excess(mu / scale, scale), lo_mu * scale, hi_mu * scale,
+                        rtol=1e-3, xtol=1e-3)
+        return float(root)
 
     def test_statistic(self, signal: Mapping[str, float]) -> Dict[str, Optional[float]]:
         """mu_hat >= 0 (workspace POI bounds) and t = 2 [nll(mu = 0) - nll(mu_hat)] on the
