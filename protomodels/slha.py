@@ -36,7 +36,7 @@ def to_slha(model: ProtoModel, xsecs: Xsecs) -> str:
     """SLHA text of ``model`` with the given effective cross sections (pb, ssm applied)."""
     lines = ["# SLHA file written by protomodels", "BLOCK MASS"]
     for pid in sorted(NAMES):
-        mass = model.masses.get(pid, FROZEN_MASS)
+        mass = float(model.masses.get(pid, FROZEN_MASS))  # repr of a float: exact and plain
         lines.append(f"   {pid:>8d}  {mass!r:>22}  # {NAMES[pid]}")
     for pid in model.unfrozen:
         name = NAMES[pid]
@@ -49,19 +49,19 @@ def to_slha(model: ProtoModel, xsecs: Xsecs) -> str:
                 continue
             spec = channel_spec(pid, channel)
             for daughters in spec.lines:
-                share = br / len(spec.lines)
+                share = float(br) / len(spec.lines)
                 ids = " ".join(f"{d:>8d}" for d in daughters)
                 lines.append(f"   {share!r:>22}  {len(daughters)}  {ids}  # {name} -> {channel}")
     if model.ssm:
         lines.append("BLOCK SSM  # signal-strength multipliers per production process")
         for (a, b), value in sorted(model.ssm.items()):
-            lines.append(f"   {a:>8d} {b:>8d}  {value!r:>22}  # {_pname(a)} {_pname(b)}")
+            lines.append(f"   {a:>8d} {b:>8d}  {float(value)!r:>22}  # {_pname(a)} {_pname(b)}")
     for (sqrts, (a, b)), value in sorted(xsecs.items()):
         if value <= 0:
             continue
         lines.append(f"XSECTION  {sqrts * 1000.0:.1f}  2212 2212 2 {a} {b}"
                      f"  # {_pname(a)} {_pname(b)}")
-        lines.append(f"  0  2  0  0  0  0  {value!r}  protomodels")
+        lines.append(f"  0  2  0  0  0  0  {float(value)!r}  protomodels")
     return "\n".join(lines) + "\n"
 
 

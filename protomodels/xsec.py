@@ -346,9 +346,9 @@ class XsecTable:
                 # the shape's running minimum from the trusted end: a wiggle of the
                 # reference (wino N2C1m rises by 0.3% at 1400 GeV) cannot make a tail rise
                 between = (shape.masses > end) & (shape.masses < mass)
-                now = min([shape(mass, True)] + list(shape.xsecs_pb[between]))
-                return at_end * now / shape(end, True)
-            return at_end * math.exp(self.tail_slope * (mass - end))
+                now = min([shape(mass, True)] + [float(v) for v in shape.xsecs_pb[between]])
+                return float(at_end * now / shape(end, True))
+            return float(at_end * math.exp(self.tail_slope * (mass - end)))
         m0, m1 = float(self.masses[0]), float(self.masses[1])
         y0, y1 = float(self._log_xsecs[0]), float(self._log_xsecs[1])
         logger.debug("%s: extrapolating to %g GeV below %g", self.path.name, mass, lo)
