@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -21,7 +20,7 @@ import numpy as np
 from . import hiscores
 from .exceptions import ProtomodelsError, RunError
 from .model import FROZEN_MASS
-from .runs import read_history
+from .runs import chain_folder, chain_folders, read_history
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from matplotlib.figure import Figure
@@ -33,7 +32,6 @@ NllFunction = Callable[[np.ndarray], np.ndarray]
 MISSING_MATPLOTLIB = "plots need matplotlib: pip install 'protomodels[plots]'"
 DPI = 120
 GRID_POINTS = 301
-WALKER_FOLDER = re.compile(r"^walker-(\d+)$")
 
 #: Particle families (by name prefix) and their colours in the mass spectrum.
 FAMILIES: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
@@ -64,21 +62,6 @@ def _save(fig: "Figure", path: Path) -> None:
     logger.info("wrote %s", path)
 
 
-def _walker_folders(run_dir: Path) -> List[Tuple[int, Path]]:
-    """``walker-<i>`` folders of a run, by walker number (walker-10 after walker-2)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory")
-    found = []
-    for child in run_dir.iterdir():
-        match = WALKER_FOLDER.match(child.name)
-        if match and child.is_dir():
-            found.append((int(match.group(1)), child))
-    if not found:
-        raise RunError(f"{run_dir}: no walker-<i> folders")
-    return sorted(found)
-
-
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -88,7 +71,7 @@ def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
 
     K only changes on accepted steps, so each walker is drawn as a step line.
     """
-    walkers = _walker_folders(run_dir)
+    walkers = chain_folders(run_dir)
     fig = _figure(8.0, 4.8)
     ax = fig.add_subplot()
     best: Optional[Tuple[float, int]] = None
@@ -269,8 +252,7 @@ def _best_mu(run_dir: Path) -> Tuple[Optional[float], Optional[float]]:
     best = entries[0]
     mu_hat, mu_max = best.get("mu_hat"), best.get("mu_max")
     if mu_max is None and "walker" in best and "step" in best:
-        folder = Path(run_dir) / f"walker-{best['walker']}"
-        for step in read_history(folder):
+        for step in read_history(chain_folder(run_dir, best["walker"])):
             if step.get("step") == best["step"]:
                 mu_max = step.get("mu_max")
                 break

@@ -40,7 +40,7 @@ import numpy as np
 
 from . import __version__
 from .exceptions import RunError
-from .runs import read_history, read_run_config
+from .runs import chain_folder, read_history, read_run_config
 from .tempering import Ladder
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -241,7 +241,7 @@ def posterior(run_dir: Path, burn_in: Optional[int] = None, bins: int = 20) -> D
     if bins < 1:
         raise ValueError(f"bins = {bins}: need at least one")
     ladder, chain_ids = _t1_chains(run_dir)
-    histories = {c: read_history(run_dir / f"walker-{c}") for c in chain_ids}
+    histories = {c: read_history(chain_folder(run_dir, c)) for c in chain_ids}
     lengths = {c: max((int(e["step"]) for e in h), default=0) for c, h in histories.items()}
     steps = min(lengths.values())
     if steps == 0:

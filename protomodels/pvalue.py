@@ -20,7 +20,7 @@ import numpy as np
 
 from .atomic import write_json_atomic
 from .exceptions import RunError
-from .runs import legacy_config
+from .runs import legacy_config, run_steps
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
 logger = logging.getLogger(__name__)
@@ -49,8 +49,7 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     if not walked:
         raise RunError(f"{run_dir / 'hiscores.json'}: only polished hiscores")
     best = max(walked, key=lambda e: e["K"])
-    walkers = sorted(run_dir.glob("walker-*/checkpoint.json"))
-    done = min((json.loads(c.read_text()).get("step", 0) for c in walkers), default=None)
+    done = run_steps(run_dir)
     return {"run": str(run_dir), "best_K": float(best["K"]), "steps_done": done,
             "particles": sorted(best["model"]["masses"]),
             "masses": best["model"]["masses"], "config": config,
@@ -192,7 +191,7 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
             fakedb.generate(db_dir, seed=entry["seeds"]["database"], base=base, inject=inject,
                             fudge=fudge, noise=noise)
         started = (run_dir / "run.json").exists()
-        done = run_steps(run_dir) if started else 0
+        done = (run_steps(run_dir) or 0) if started else 0
         if done < steps:
             logger.warning("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
             config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,8 +66,30 @@ def start_model(rng: np.random.Generator, space: Space) -> ProtoModel:
     return lsp
 
 
+CHAIN_FOLDER = re.compile(r"^walker-(\d+)$")
+
+
+def chain_folder(run_dir: Path, chain: int) -> Path:
+    """The folder of chain ``chain`` of the run in ``run_dir`` (``walker-<chain>``)."""
+    return Path(run_dir) / f"walker-{chain}"
+
+
+def chain_folders(run_dir: Path) -> List[Tuple[int, Path]]:
+    """The chain folders present in ``run_dir``, by chain number (walker-10 after
+    walker-2); ``RunError`` when ``run_dir`` is not a directory or has none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory")
+    found = [(int(m.group(1)), child) for child in run_dir.iterdir()
+             if (m := CHAIN_FOLDER.match(child.name)) and child.is_dir()]
+    if not found:
+        raise RunError(f"{run_dir}: no walker-<i> folders")
+    return sorted(found)
+
+
 class WalkerStore:
-    """One walker's history and checkpoint (emcee-style backend)."""
+    """One chain's history, checkpoint and timings (emcee-style backend: it writes and
+    reads them)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -232,7 +255,7 @@ def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_st
     """Run chain ``chain`` of the run in ``out`` up to its step ``target_step``: from its
     seed if it has no checkpoint yet, else resumed from the checkpoint (nothing to do if
     it is there already).  Returns the step reached.  The unit of work of every runner."""
-    folder = Path(out) / f"walker-{chain}"
+    folder = chain_folder(out, chain)
     store = WalkerStore(folder)
     done = store.load_checkpoint()["step"] if store.checkpoint.exists() else None
     if done is not None and done >= target_step:
@@ -424,7 +447,7 @@ def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
     """Steps done, acceptance and best K of every chain, from the histories on disk."""
     status = []
     for i in range(chains):
-        entries = read_history(Path(out) / f"walker-{i}")
+        entries = read_history(chain_folder(out, i))
         status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
                        "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
                        "best_K": max((e["K"] for e in entries), default=None)})
@@ -466,7 +489,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     # Steps each chain has done.  On resume its checkpoint is read here, so a broken one
     # stops the run before any chain starts; none yet: it stopped during its first
     # evaluation and starts again from its seed.
-    stores = [WalkerStore(out / f"walker-{i}") for i in range(ladder.chains)]
+    stores = [WalkerStore(chain_folder(out, i)) for i in range(ladder.chains)]
     done = [s.load_checkpoint()["step"] if resume and s.checkpoint.exists() else 0
             for s in stores]
     tempering = TemperingStore(out)
@@ -538,12 +561,16 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
             "progress": progress(out, ladder.chains)}
 
 
-def run_steps(out: Path) -> int:
-    """The steps every chain of the run in ``out`` has checkpointed (0 before any)."""
+def run_steps(out: Path) -> Optional[int]:
+    """The steps every chain of the run in ``out`` has checkpointed: the fewest, a chain
+    without a checkpoint counting 0; None when no chain has one yet."""
     config = read_run_config(out)
     chains = Ladder.for_walkers(config.get("ladder", [1.0]), int(config.get("walkers", 1))).chains
-    stores = [WalkerStore(Path(out) / f"walker-{i}") for i in range(chains)]
-    return min(s.load_checkpoint()["step"] if s.checkpoint.exists() else 0 for s in stores)
+    stores = [WalkerStore(chain_folder(out, i)) for i in range(chains)]
+    steps = [s.load_checkpoint()["step"] if s.checkpoint.exists() else None for s in stores]
+    if all(step is None for step in steps):
+        return None
+    return min(step or 0 for step in steps)
 
 
 def _maybe_sweep(tempering: TemperingStore, journal: Dict[str, Any], stores: List[WalkerStore],

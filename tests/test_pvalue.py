@@ -14,6 +14,8 @@ from scipy import stats
 from protomodels import pvalue
 from protomodels.cli import cli
 from protomodels.exceptions import RunError
+from protomodels.model import LSP, ProtoModel
+from protomodels.runs import WalkerStore
 
 
 def _run(folder: Path, best_k: float, fake: bool, steps: int = 200, walkers: int = 2) -> Path:
@@ -65,8 +67,11 @@ def test_report_warns_about_unfair_comparisons(tmp_path):
     assert len(report["warnings"]) == 2
     assert "real database" in report["warnings"][0] and "steps (50 vs 200)" in report["warnings"][1]
     unfinished = _run(tmp_path / "unfinished", 0.0, fake=True)
-    (unfinished / "walker-0").mkdir()
-    (unfinished / "walker-0" / "checkpoint.json").write_text(json.dumps({"step": 120}))
+    for chain, step in ((0, 150), (1, 120)):  # the run has done what its slowest chain has
+        store = WalkerStore(unfinished / f"walker-{chain}")
+        store.folder.mkdir()
+        store.save_checkpoint(step, ProtoModel(masses={LSP: 300.0}), {"K": 0.0},
+                              np.random.default_rng(0))
     report = pvalue.compare_runs(real, fakes + [unfinished])
     assert report["warnings"] == [f"{unfinished} is unfinished: 120 of 200 steps"]
     with pytest.raises(RunError, match="not a run directory"):
