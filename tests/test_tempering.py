@@ -162,9 +162,14 @@ def test_hiscores_name_the_temperature_of_their_chain(tmp_path):
     assert entries and all(e["temperature"] in (0.5, 1.0, 2.0) for e in entries)
 
 
+def _slow_score(model):
+    import time
+    time.sleep(0.02)  # slow enough that a signal always lands in the middle of the run
+    return fake_factory()(model)
+
+
 def _slow_factory():
-    from .test_runs import slow_score
-    return slow_score
+    return _slow_score
 
 
 def test_sigterm_in_the_middle_of_a_tempered_run_resumes_exactly(tmp_path):
