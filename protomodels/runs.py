@@ -434,11 +434,7 @@ _SIGNALS_RECEIVED: List[int] = []
 
 
 def _interrupt(signum, frame):
-    _SIGNALS_RECEIVED.append(signum)
-    raise KeyboardInterrupt
-
-
-def _ctrl_c(signum, frame):
+    """SIGINT and SIGTERM handler: record which signal came, then stop like Ctrl-C."""
     _SIGNALS_RECEIVED.append(signum)
     raise KeyboardInterrupt
 
@@ -632,7 +628,7 @@ class LocalRunner(Runner):
         # Ctrl-C and SIGTERM stop the run, also when started in the background (where
         # shells set SIGINT to be ignored).
         _SIGNALS_RECEIVED.clear()
-        signal.signal(signal.SIGINT, _ctrl_c)
+        signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         context = multiprocessing.get_context("fork")
         freeze_before_fork()
