@@ -292,7 +292,7 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
               help="Continue the run in this directory from its checkpoints.")
 @click.option("--ladder", default=None, metavar="T1,T2,...",
               help="Temperatures of the replica-exchange ladder, ascending [default: "
-                   "0.1,0.25,0.5,1,2,4]; one temperature: plain Metropolis-Hastings chains.")
+                   "0.1,0.16,0.25,0.4,0.63,1]; one temperature: plain Metropolis-Hastings chains.")
 @click.option("--swap-every", type=click.IntRange(min=1), default=None,
               help="Steps between swap sweeps [default: 10].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
