@@ -274,9 +274,17 @@ def update_hiscores(path: Path, candidates: List[Dict[str, Any]]) -> None:
     hiscores.update(path, hiscores.merge(candidates))
 
 
-def read_history(folder: Path) -> List[Dict[str, Any]]:
-    """All steps of one walker (none if it has not written its first step yet); a corrupt
-    line is a ``RunError`` naming the file and line."""
+def read_history(folder: Path, check: bool = True) -> List[Dict[str, Any]]:
+    """All steps of one walker (none if it has not written its first step yet).
+
+    Each line is checked against the shipped schema ``history-step`` (version 1 belongs to
+    run.json's ``protomodels.run/1``), so a line from another version or a damaged one is
+    a ``RunError`` naming the file, line and JSON path rather than a misreading.
+    ``check=False`` only for the walk's own progress lines, which re-read the histories
+    its chains are writing (0.4 ms a line would add seconds to every progress line).
+    """
+    from .schemas import validate
+
     path = Path(folder) / "history.jsonl"
     if not path.exists():
         return []
@@ -285,9 +293,12 @@ def read_history(folder: Path) -> List[Dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            steps.append(json.loads(line))
+            step = json.loads(line)
         except json.JSONDecodeError as error:
             raise RunError(f"{path}:{number}: corrupt history line ({error})") from None
+        if check:
+            validate(step, "history-step", f"{path}:{number}", RunError)
+        steps.append(step)
     return steps
 
 
@@ -443,7 +454,7 @@ def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
     """Steps done, acceptance and best K of every chain, from the histories on disk."""
     status = []
     for i in range(chains):
-        entries = read_history(chain_folder(out, i))
+        entries = read_history(chain_folder(out, i), check=False)
         status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
                        "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
                        "best_K": max((e["K"] for e in entries), default=None)})

@@ -359,8 +359,8 @@ def test_one_schema_validates_flags_files_and_run_json(tmp_path):
 
 
 def test_run_files_are_checked_against_their_schemas(tmp_path):
-    """A wrong field in a checkpoint or in hiscores.json is a one-line error naming the
-    file and the field's JSON path (not a KeyError or a misread run)."""
+    """A wrong field in a checkpoint, a history line or hiscores.json is a one-line error
+    naming the file (and line) and the field's JSON path (not a KeyError or a misread run)."""
     import json
 
     from protomodels import hiscores
@@ -381,6 +381,18 @@ def test_run_files_are_checked_against_their_schemas(tmp_path):
     scores.write_text(json.dumps(data))
     with pytest.raises(RunError, match=r"hiscores.json: \$.entries\[0\]: 'rank' is a required"):
         hiscores.read(scores)
+    history = out / "walker-0/history.jsonl"
+    assert [step["step"] for step in read_history(out / "walker-0")] == [1, 2, 3]
+    lines = history.read_text().splitlines()
+    second = json.loads(lines[1])
+    del second["accepted"]
+    history.write_text("\n".join([lines[0], json.dumps(second), lines[2]]) + "\n")
+    with pytest.raises(RunError, match=r"history.jsonl:2: \$: 'accepted' is a required property"):
+        read_history(out / "walker-0")
+    second["accepted"], second["model"] = True, {"masses": {"XZ1": -1}, "mass": 3}
+    history.write_text("\n".join([lines[0], json.dumps(second), lines[2]]) + "\n")
+    with pytest.raises(RunError, match=r"history.jsonl:2: \$.model: Additional properties"):
+        read_history(out / "walker-0")
 
 
 def test_shipped_schemas_name_the_ids_the_code_writes():
