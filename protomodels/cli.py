@@ -552,6 +552,28 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
           else pv.format_report(report) + f"plot: {report['plot']}\n", output_file)
 
 
+@cli.command()
+@click.argument("runs", nargs=-1, required=True,
+                type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--injected", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, metavar="MODEL.slha",
+              help="The injected model [default: the one each run's fake database records].")
+@click.option("--window", type=click.FloatRange(min=0, min_open=True), default=200.0,
+              show_default=True, help="GeV: how close a partner's mass must be.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.closure/1).")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@_handle_errors
+def closure(runs, injected: Optional[Path], window: float, as_json: bool,
+            output_file: Optional[str]) -> None:
+    """Injection closure: did the runs on fake databases with an injected model (e.g.
+    `fakes --inject paper_best.slha --fudge 0.65`) find its particles, and only them?"""
+    from . import closure as study
+
+    report = study.closure(runs, injected=injected, window=window)
+    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+          else study.format_closure(report) + "\n", output_file)
+
+
 def _ladder(text: str) -> List[float]:
     """--ladder T1,T2,...: a one-line UsageError for anything but positive ascending numbers."""
     from .tempering import Ladder

@@ -64,22 +64,30 @@ def fake_density(ks: Sequence[float]):
     return stats.gaussian_kde(np.asarray(ks, dtype=float))
 
 
-def global_pvalue(real_k: float, fake_ks: Sequence[float]) -> Dict[str, Any]:
-    """p = #(fake K >= real K) / N with binomial errors, and the KDE tail probability."""
+def clopper_pearson(k: int, n: int, level: float = 0.68) -> List[float]:
+    """The Clopper-Pearson (exact binomial) central interval of a rate k/n at confidence
+    ``level``; [0, x] for k = 0 and [x, 1] for k = n (Clopper & Pearson, Biometrika 26
+    (1934) 404)."""
     from scipy import stats
 
+    tail = (1.0 - level) / 2.0
+    lower = 0.0 if k == 0 else float(stats.beta.ppf(tail, k, n - k + 1))
+    upper = 1.0 if k == n else float(stats.beta.ppf(1.0 - tail, k + 1, n - k))
+    return [lower, upper]
+
+
+def global_pvalue(real_k: float, fake_ks: Sequence[float]) -> Dict[str, Any]:
+    """p = #(fake K >= real K) / N with binomial errors, and the KDE tail probability."""
     ks = np.asarray(fake_ks, dtype=float)
     n = len(ks)
     if n == 0:
         raise RunError("no fake runs to compare with")
     above = int(np.sum(ks >= real_k))
     p = above / n
-    lower = 0.0 if above == 0 else float(stats.beta.ppf(0.16, above, n - above + 1))
-    upper = 1.0 if above == n else float(stats.beta.ppf(0.84, above + 1, n - above))
     result: Dict[str, Any] = {
         "n_fakes": n, "n_at_or_above": above, "p_value": p,
         "p_value_error": float(np.sqrt(p * (1 - p) / n)),
-        "p_value_interval_68": [lower, upper],
+        "p_value_interval_68": clopper_pearson(above, n),
         "p_value_kde": None, "kde_bandwidth": None,
     }
     if n >= 2 and np.ptp(ks) > 0:
