@@ -9,7 +9,7 @@ partner, any light-flavour squark (Xd, Xu, Xs, Xc) for a light-quark partner, an
 partner for a bottom partner; other particles only by themselves.  An injected particle
 is *found* when a partner of its kind lies within ``window`` GeV of its mass (the paper:
 200 GeV); the LSP is not counted.  Particles of the best model matched to no injected
-particle are *spurious*.  Rates over runs come with Clopper-Pearson 68% intervals.
+particle within the window (a top partner 1 TeV away included) are *spurious*.  Rates over runs come with Clopper-Pearson 68% intervals.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import json
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
 
 from .exceptions import RunError
 from .model import LSP, NAMES, PIDS
@@ -40,54 +42,78 @@ def kind(pid: int) -> str:
     return NAMES[abs(pid)]
 
 
-def match(injected: Mapping[int, float], found: Mapping[int, float],
+def match(injected: Mapping[int, float], best: Mapping[int, float],
           window: float = DEFAULT_WINDOW) -> Dict[str, Any]:
-    """Match the non-LSP particles of ``found`` (pid -> mass in GeV) to those of
-    ``injected``, nearest mass first within each kind.
+    """Match the non-LSP particles of ``best`` (pid -> mass in GeV) to those of
+    ``injected`` within ``window`` GeV, kind by kind.
 
-    Returns ``{"partners": [{"injected", "kind", "mass", "partner", "partner_mass",
-    "found"}], "spurious": [names]}``: a partner is the nearest unused particle of its
-    kind (``None`` if there is none), ``found`` whether it is within ``window`` GeV.
+    Within a kind the pairing found most injected particles, and of those pairings the
+    one with the smallest summed mass distance (``scipy.optimize.linear_sum_assignment``;
+    a greedy nearest-first pairing can lose a match when two injected particles share a
+    kind).  Returns ``{"partners": [{"injected", "kind", "mass", "partner",
+    "partner_mass", "found"}], "spurious": [names]}``, partners in the order of rising
+    injected mass; a particle of ``best`` that found no injected one within the window is
+    spurious.
     """
-    free = {pid: mass for pid, mass in found.items() if pid != LSP}
-    partners = []
-    for pid, mass in sorted(injected.items(), key=lambda item: item[1]):
-        if pid == LSP:
+    from scipy.optimize import linear_sum_assignment
+
+    wanted = sorted(((p, m) for p, m in injected.items() if p != LSP), key=lambda pm: pm[1])
+    offered = [(p, m) for p, m in best.items() if p != LSP]
+    partner: Dict[int, int] = {}
+    for group in {kind(p) for p, _ in wanted}:
+        rows = [(p, m) for p, m in wanted if kind(p) == group]
+        columns = [(p, m) for p, m in offered if kind(p) == group]
+        if not columns:
             continue
-        same = [p for p in free if kind(p) == kind(pid)]
-        best = min(same, key=lambda p: abs(free[p] - mass), default=None)
-        entry = {"injected": NAMES[pid], "kind": kind(pid), "mass": mass,
-                 "partner": None, "partner_mass": None, "found": False}
-        if best is not None:
-            entry.update(partner=NAMES[best], partner_mass=free.pop(best),
-                         found=abs(found[best] - mass) <= window)
-        partners.append(entry)
-    return {"partners": partners, "spurious": sorted(NAMES[p] for p in free)}
+        distance = np.array([[abs(m - n) for _, n in columns] for _, m in rows])
+        # outside the window costs more than any sum of distances inside it
+        cost = np.where(distance <= window, distance, window * (len(rows) + 1) + distance)
+        for i, j in zip(*linear_sum_assignment(cost)):
+            if distance[i, j] <= window:
+                partner[rows[i][0]] = columns[j][0]
+    partners = [{"injected": NAMES[p], "kind": kind(p), "mass": m,
+                 "partner": NAMES[partner[p]] if p in partner else None,
+                 "partner_mass": best[partner[p]] if p in partner else None,
+                 "found": p in partner} for p, m in wanted]
+    used = set(partner.values())
+    return {"partners": partners, "spurious": sorted(NAMES[p] for p, _ in offered if p not in used)}
+
+
+def _read_injected(path: Path, source: str) -> Dict[int, float]:
+    from .exceptions import ProtomodelsError
+    from .slha import read_slha
+
+    try:
+        return dict(read_slha(path).masses)
+    except ProtomodelsError as error:
+        raise RunError(f"{source}: not a readable proto-model ({error})") from None
 
 
 def injected_masses(run: Dict[str, Any], injected: Optional[Path] = None) -> Dict[int, float]:
     """The injected model's masses (pid -> GeV): from ``injected`` (an SLHA file) or, by
-    default, from the SLHA text that the run's fake database records.
+    default, from the SLHA text that the run's fake database records (``fakedb.json``,
+    found where run.json says or, for a moved batch, beside the run as ``fakes`` lays it
+    out).
 
-    Raises ``RunError`` when the run did not use a fake database with an injected model
-    and no file is given."""
-    from .slha import read_slha
-
+    Raises ``RunError`` (one line, naming the file and field) when the run did not use a
+    fake database with an injected model and no file is given, or the model is unreadable."""
     if injected is not None:
-        return dict(read_slha(injected).masses)
+        return _read_injected(Path(injected), str(injected))
     fake = run.get("fake") or {}
     if not fake.get("injected"):
         raise RunError(f"{run['run']}/run.json: field 'versions.database_fake.injected' is "
                        f"{fake.get('injected')!r}: the run has no injected model (give --injected)")
     record = Path(fake["record"])
+    if not record.exists():  # a batch moved since, or read from another folder
+        record = Path(run["run"]).parent / record.parent.name / record.name
     try:
         text = json.loads(record.read_text())["injected"]["slha"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{record}: cannot read the injected model ({error})") from None
+        raise RunError(f"{record}: field 'injected.slha' unreadable ({error}); give --injected") from None
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(fake["injected"]).name
         path.write_text(text)
-        return dict(read_slha(path).masses)
+        return _read_injected(path, f"{record}: field 'injected.slha'")
 
 
 def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
@@ -97,18 +123,24 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     which it was found and the rate of runs with spurious particles, each with its
     Clopper-Pearson 68% interval.
 
-    Raises ``RunError`` for a folder that is not a finished-or-running run with hiscores,
-    or without an injected model (see ``injected_masses``)."""
+    Raises ``RunError`` for a folder that is not a run with hiscores, for runs of
+    different injected models, or without an injected model (see ``injected_masses``)."""
     if not runs:
         raise RunError("no runs given")
     rows: List[Dict[str, Any]] = []
+    truth: Optional[Dict[int, float]] = None
     for run_dir in runs:
         summary = run_summary(run_dir)
-        truth = injected_masses(summary, injected)
-        found = {PIDS[name]: mass for name, mass in summary["masses"].items()}
+        masses = injected_masses(summary, injected)
+        if truth is None:
+            truth, first = masses, summary["run"]
+        elif masses != truth:
+            raise RunError(f"{summary['run']}: its injected model differs from {first}'s; "
+                           "a closure report compares runs of one injected model")
+        best = {PIDS[name]: mass for name, mass in summary["masses"].items()}
         rows.append({"run": summary["run"], "best_K": summary["best_K"],
                      "steps_done": summary["steps_done"],
-                     "masses": summary["masses"], **match(truth, found, window)})
+                     "masses": summary["masses"], **match(truth, best, window)})
     n = len(rows)
     rates = []
     for position, partner in enumerate(rows[0]["partners"]):

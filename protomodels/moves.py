@@ -259,7 +259,9 @@ class ChangeMass(Move):
 
     def __init__(self, space: Space, step: Union[float, Sequence[float]] = MASS_STEPS):
         super().__init__(space)
-        self.steps = (float(step),) if np.isscalar(step) else tuple(float(s) for s in step)
+        self.steps = tuple(float(s) for s in np.atleast_1d(step))
+        if not self.steps or min(self.steps) <= 0:
+            raise ValueError(f"mass steps {list(self.steps)}: need at least one width > 0 GeV")
 
     def propose(self, model, rng):
         pids = model.unfrozen
@@ -477,10 +479,12 @@ class Split(Move):
         return self._ratio(model, new, log_reverse, log_forward)
 
 
-def default_moves(space: Space) -> List[Tuple[Move, float]]:
-    """The walker's move mix (weights are relative)."""
+def default_moves(space: Space, mass_steps: Sequence[float] = MASS_STEPS
+                  ) -> List[Tuple[Move, float]]:
+    """The walker's move mix (weights are relative); ``mass_steps``: ChangeMass' widths
+    in GeV (a run records them: runs made before they were a setting used 150 GeV)."""
     return [
-        (Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space), 3.0),
+        (Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space, mass_steps), 3.0),
         (JitterBRs(space), 1.0), (OpenChannel(space), 0.5), (CloseChannel(space), 0.5),
         (ScaleMultiplier(space), 1.0), (RedrawMultiplier(space), 0.5),
         (Merge(space), 0.25), (Split(space), 0.25),

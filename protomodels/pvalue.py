@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 SCHEMA = "protomodels.pvalue/1"
 FAKES_SCHEMA = "protomodels.fakes/1"
 #: Run settings that must agree between the real run and the fakes for a fair comparison.
-COMPARED = ("walkers", "steps", "ladder", "swap_every", "r_limit", "sqrts", "analyses")
+COMPARED = ("walkers", "steps", "ladder", "swap_every", "mass_steps", "r_limit", "sqrts",
+            "analyses")
 
 
 def run_summary(run_dir: str | Path) -> Dict[str, Any]:
@@ -203,7 +204,7 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
         if done < steps:
             logger.warning("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
             config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,
-                                seed=entry["seeds"]["walk"], database=str(db_dir),
+                                seed=entry["seeds"]["walk"], database=str(db_dir.resolve()),
                                 **options)
             summary = walk(config, resume=started, runner=runner)
             if summary["crashed"] or summary["interrupted"]:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -37,7 +37,7 @@ from .atomic import read_json_record, sole_writer, write_json_atomic, write_text
 from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
-from .moves import Space, Unfreeze, default_moves
+from .moves import MASS_STEPS, Space, Unfreeze, default_moves
 from .tempering import (DEFAULT_LADDER, DEFAULT_SWAP_EVERY, Ladder, TemperingStore,
                         acceptance_by_pair, boundaries, pending_states, swap_stream, sweep)
 from .walker import sample
@@ -165,8 +165,10 @@ def one_blas_thread() -> None:
 
 def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: int,
                space: Space, temperature: float = 1.0, checkpoint_every: int = 10,
-               resume: bool = False, hiscores: Optional[Path] = None, walker: int = 0) -> None:
-    """Run (or continue) one walker for ``steps`` more steps.
+               resume: bool = False, hiscores: Optional[Path] = None, walker: int = 0,
+               mass_steps: Sequence[float] = MASS_STEPS) -> None:
+    """Run (or continue) one walker for ``steps`` more steps (``mass_steps``: the widths
+    of its mass move in GeV, see ``moves.ChangeMass``).
 
     Ctrl-C (KeyboardInterrupt) ends the walker after a checkpoint of its last step.
     The start and every accepted state are merged into ``hiscores`` at every checkpoint.
@@ -206,7 +208,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
             candidates.clear()
         store.save_checkpoint(step_number, state_model, state_record, rng, size)
 
-    moves = default_moves(space)
+    moves = default_moves(space, mass_steps)
     last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
     clock = time.perf_counter()
@@ -251,7 +253,7 @@ def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel
 
 def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_step: int,
                   temperature: float, checkpoint_every: int, score: Score,
-                  space: Optional[Space] = None) -> int:
+                  space: Optional[Space] = None, mass_steps: Sequence[float] = MASS_STEPS) -> int:
     """Run chain ``chain`` of the run in ``out`` up to its step ``target_step``: from its
     seed if it has no checkpoint yet, else resumed from the checkpoint (nothing to do if
     it is there already).  Returns the step reached.  The unit of work of every runner."""
@@ -261,7 +263,7 @@ def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_st
     if done is not None and done >= target_step:
         return done
     common = dict(temperature=temperature, checkpoint_every=checkpoint_every,
-                  hiscores=Path(out) / "hiscores.json", walker=chain)
+                  hiscores=Path(out) / "hiscores.json", walker=chain, mass_steps=mass_steps)
     if done is None:
         run_walker(folder, seed, score, target_step, space or Space(), resume=False, **common)
     else:
@@ -363,6 +365,7 @@ class WalkConfig:
     sqrts: List[int] = field(default_factory=lambda: [8, 13])
     analyses: List[str] = field(default_factory=lambda: ["*"])
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
+    mass_steps: List[float] = field(default_factory=lambda: list(MASS_STEPS))  # GeV
 
 
     processes: Optional[int] = None  # local runner: worker processes [default: min(chains, cores)]
@@ -371,13 +374,16 @@ class WalkConfig:
 #: Runs made before the likelihood was a setting used SModelS' default workspaces: the
 #: full ones of ATLAS-SUSY-2018-04 and -16.  Resumed, they continue with "full".
 LEGACY_LIKELIHOOD = "full"
+#: Runs made before ``mass_steps`` was a setting: one Gaussian width.
+LEGACY_MASS_STEPS = (150.0,)
 
 
 def legacy_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """A stored run configuration in today's terms: runs made before replica exchange had
     one ``temperature`` for all walkers (a one-rung ladder), runs made before the
-    likelihood setting used the full workspaces."""
-    config = {"likelihood": LEGACY_LIKELIHOOD, **config}
+    likelihood setting used the full workspaces, runs made before the mass steps were a
+    setting used one width of 150 GeV."""
+    config = {"likelihood": LEGACY_LIKELIHOOD, "mass_steps": list(LEGACY_MASS_STEPS), **config}
     if "ladder" not in config:
         config["ladder"] = [config.get("temperature", 1.0)]
     config.pop("temperature", None)
@@ -748,7 +754,7 @@ def _chain_worker(conn, parents, out: Path, seeds, ladder: Ladder, config: WalkC
                 multiprocessing.current_process().name = f"walker-{chain}"
                 try:
                     advance_chain(out, chain, seeds[chain], target, ladder.temperature(chain),
-                                  config.checkpoint_every, score, space)
+                                  config.checkpoint_every, score, space, config.mass_steps)
                 except KeyboardInterrupt:
                     interrupted.append(chain)
                 except Exception:

@@ -34,7 +34,17 @@ def test_partners_match_by_kind_within_the_window():
         ("Xd", "Xs", True), ("Xt", None, False)]
     assert result["spurious"] == ["Xd", "Xg"]
     assert match(INJECTED, _masses(XZ1=163.0, Xt2=1000.0))["partners"][1]["found"]
-    assert not match(INJECTED, _masses(XZ1=163.0, Xt=1366.5))["partners"][1]["found"]
+    # a partner outside the window is not found, and is spurious
+    far = match(INJECTED, _masses(XZ1=163.0, Xt=1366.5))
+    assert not far["partners"][1]["found"] and far["spurious"] == ["Xt"]
+
+
+def test_two_injected_partners_of_one_kind_are_both_found_when_possible():
+    # nearest-first would give Xd 700 the Xs 800 and leave Xu 850 with Xc 550 (300 off)
+    result = match(_masses(XZ1=100.0, Xd=700.0, Xu=850.0), _masses(XZ1=100.0, Xs=800.0, Xc=550.0))
+    assert [(p["injected"], p["partner"], p["found"]) for p in result["partners"]] == [
+        ("Xd", "Xc", True), ("Xu", "Xs", True)]
+    assert result["spurious"] == []
 
 
 def test_clopper_pearson_equals_scipy_exact_interval():

@@ -152,3 +152,26 @@ def test_merge_and_split_keep_the_set_frequencies():
     expected = weights / weights.sum() * observed.sum()
     assert merges > 1000
     assert stats.chisquare(observed, expected).pvalue > 0.001, (observed, expected)
+
+
+def test_mass_move_with_one_width_draws_as_before_and_several_widths_mix():
+    """One width: the same random numbers as the single-width move of earlier runs
+    (their resumes continue exactly); several: each width is used."""
+    import numpy as np
+
+    from protomodels.model import LSP, ProtoModel
+    from protomodels.moves import ChangeMass, Space
+    from protomodels.runs import legacy_config
+
+    model = ProtoModel(masses={LSP: 500.0})
+    one, listed = ChangeMass(Space(), 150.0), ChangeMass(Space(), [150.0])
+    rng_a, rng_b, rng_old = (np.random.default_rng(4) for _ in range(3))
+    for _ in range(20):
+        rng_old.integers(1)  # the old move: which particle, then its Gaussian step
+        expected = 500.0 + rng_old.normal(0.0, 150.0)
+        assert one.propose(model, rng_a).model.masses[LSP] == expected
+        assert listed.propose(model, rng_b).model.masses[LSP] == expected
+    steps = [abs(ChangeMass(Space(), (20.0, 400.0)).propose(model, np.random.default_rng(s))
+                 .model.masses[LSP] - 500.0) for s in range(400)]
+    assert sum(d < 30 for d in steps) > 100 and sum(d > 300 for d in steps) > 50
+    assert legacy_config({})["mass_steps"] == [150.0]
