@@ -285,7 +285,8 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
 @cli.command()
 @click.option("--walkers", type=click.IntRange(min=1), default=None,
               help="Chains, rounded up to whole ladders [default: the number of cores].")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Steps per chain (with --resume: more steps).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Steps per chain (with --resume: more steps) [default: 100].")
 @click.option("--seed", type=int, default=None, help="Seed of the run's SeedSequence [default: 0].")
 @click.option("--out", "out", type=click.Path(file_okay=False), default=None, help="Run directory.")
 @click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True), default=None,
@@ -299,8 +300,10 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
               help="Shorthand for --ladder T (one rung, no swaps).")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Local worker processes [default: min(walkers, cores)].")
-@click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None)
+@click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Largest r allowed of any result (the critic) [default: 1].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Steps between checkpoints (a killed chain redoes at most these) [default: 10].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML or YAML file with any of these options (flags win).")
 @click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
@@ -329,6 +332,14 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
              "ladder": temperatures, "swap_every": swap_every, "r_limit": r_limit,
              "checkpoint_every": checkpoint_every, "database": database_path,
              "likelihood": likelihood}
+    if resume is not None:  # the run fixes everything but how far and on what it runs
+        fixed = sorted(k for k, v in flags.items() if v is not None and k not in ("steps", "out"))
+        if fixed or config_file or out:
+            given = ["--" + k.replace("_", "-") for k in fixed] + (["--config"] if config_file else []) \
+                + (["--out"] if out else [])
+            raise click.UsageError(f"{', '.join(given)}: a resumed run keeps the settings in "
+                                   f"{Path(resume) / 'run.json'}; with --resume give only --steps, "
+                                   "--processes, --cluster, --jobs")
     values.update({k: v for k, v in flags.items() if v is not None})
     if not values.get("out"):
         raise click.UsageError("give --out DIR for a new run, or --resume DIR")
@@ -592,6 +603,10 @@ def _ladder(text: str) -> List[float]:
 @click.option("--steps", type=click.IntRange(min=1), required=True, help="Steps per walker.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for db-<i>/ and run-<i>/ (run again to continue).")
+@click.option("--ladder", default=None, metavar="T1,T2,...",
+              help="Temperatures of each fake's ladder, as for walk [default: walk's].")
+@click.option("--swap-every", type=click.IntRange(min=1), default=None,
+              help="Steps between swap sweeps [default: 10].")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=None,
               help="One temperature, no replica exchange [default: walk's ladder].")
 @click.option("--r-limit", type=click.FloatRange(min=0, min_open=True), default=None)
@@ -604,13 +619,17 @@ def _ladder(text: str) -> List[float]:
 @likelihood_option
 @database_option
 @_handle_errors
-def fakes(count, seed, walkers, steps, out, temperature, r_limit, inject, fudge, noise, cluster,
-          jobs, likelihood, database_path) -> None:
+def fakes(count, seed, walkers, steps, out, ladder, swap_every, temperature, r_limit, inject,
+          fudge, noise, cluster, jobs, likelihood, database_path) -> None:
     """Batch: COUNT fake databases and a walker run on each; then
-    `protomodels pvalue REAL_RUN OUT/run-*`."""
+    `protomodels pvalue REAL_RUN OUT/run-*` (or `protomodels closure OUT/run-*` with --inject)."""
     from .pvalue import run_fakes, run_summary
 
-    options = {k: v for k, v in (("ladder", None if temperature is None else [temperature]),
+    if ladder is not None and temperature is not None:
+        raise click.UsageError("give --ladder or --temperature, not both")
+    temperatures = _ladder(ladder) if ladder is not None else (
+        [temperature] if temperature is not None else None)
+    options = {k: v for k, v in (("ladder", temperatures), ("swap_every", swap_every),
                                  ("r_limit", r_limit)) if v is not None}
     options["likelihood"] = likelihood
     runs = run_fakes(out, count=count, seed=seed, walkers=walkers, steps=steps,

@@ -2,7 +2,8 @@
 model injected): does a run on a fake database with a known signal find that signal's
 particles, and only them?
 
-For each run, the best model the walk found (its top hiscore that was not polished) is
+For each run, the best model the walk found (its top hiscore that was not polished, as
+for the p-value: fakes are never polished) is
 matched to the injected model particle by particle.  Partners are matched by *kind*,
 because the analyses cannot tell them apart: any top partner (Xt, Xt2) for a top
 partner, any light-flavour squark (Xd, Xu, Xs, Xc) for a light-quark partner, any bottom
@@ -15,6 +16,7 @@ particle within the window (a top partner 1 TeV away included) are *spurious*.  
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -24,6 +26,8 @@ import numpy as np
 from .exceptions import RunError
 from .model import LSP, NAMES, PIDS
 from .pvalue import clopper_pearson, run_summary
+
+logger = logging.getLogger(__name__)
 
 SCHEMA = "protomodels.closure/1"
 DEFAULT_WINDOW = 200.0  # GeV, the paper's
@@ -99,10 +103,14 @@ def injected_masses(run: Dict[str, Any], injected: Optional[Path] = None) -> Dic
     fake database with an injected model and no file is given, or the model is unreadable."""
     if injected is not None:
         return _read_injected(Path(injected), str(injected))
-    fake = run.get("fake") or {}
+    fake = run.get("fake")
+    if not fake:
+        raise RunError(f"{run['run']}/run.json: field 'versions.database_fake' is null: the run "
+                       "used a real database, so nothing was injected")
     if not fake.get("injected"):
         raise RunError(f"{run['run']}/run.json: field 'versions.database_fake.injected' is "
-                       f"{fake.get('injected')!r}: the run has no injected model (give --injected)")
+                       f"{fake.get('injected')!r}: its fake database has no injected model "
+                       "(give --injected to compare with a model anyway)")
     record = Path(fake["record"])
     if not record.exists():  # a batch moved since, or read from another folder
         record = Path(run["run"]).parent / record.parent.name / record.name
@@ -128,9 +136,12 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     if not runs:
         raise RunError("no runs given")
     rows: List[Dict[str, Any]] = []
+    warnings: List[str] = []
     truth: Optional[Dict[int, float]] = None
     for run_dir in runs:
         summary = run_summary(run_dir)
+        if not summary["fake"]:
+            warnings.append(f"{summary['run']} ran on a real database, not a fake one")
         masses = injected_masses(summary, injected)
         if truth is None:
             truth, first = masses, summary["run"]
@@ -151,7 +162,10 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     k = sum(bool(row["spurious"]) for row in rows)
     rates.append({"what": "runs with spurious particles", "k": k, "n": n, "rate": k / n,
                   "interval_68": clopper_pearson(k, n)})
-    return {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates}
+    for text in warnings:
+        logger.warning("%s", text)
+    return {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
+            "warnings": warnings}
 
 
 def format_closure(report: Dict[str, Any]) -> str:

@@ -147,6 +147,17 @@ def test_walk_config_errors_name_the_key(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+def test_resume_refuses_settings_it_would_ignore(tmp_path):
+    """A resumed run keeps run.json's settings: a flag that would change them is an error,
+    before anything runs (it used to be dropped silently)."""
+    (tmp_path / "r").mkdir()
+    result = run("walk", "--resume", str(tmp_path / "r"), "--steps", "5", "--seed", "3",
+                 "--ladder", "1")
+    assert result.exit_code == 2
+    assert "--ladder, --seed: a resumed run keeps the settings in" in result.stderr
+    assert not (tmp_path / "r" / "run.json").exists()
+
+
 def test_hiscores_and_show_of_a_run(tmp_path, subset_dir, subset_db):
     from protomodels.runs import WalkConfig, walk
 

@@ -63,10 +63,11 @@ def test_closure_of_runs(tmp_path):
         walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=5, seed=seed),
              score_factory=fake_factory)
         runs.append(out)
-    with pytest.raises(RunError, match=r"run-1/run.json: field 'versions.database_fake.injected' "
-                                       r"is None: the run has no injected model"):
+    with pytest.raises(RunError, match=r"run-1/run.json: field 'versions.database_fake' is null: "
+                                       r"the run used a real database"):
         closure(runs)
     report = closure(runs, injected=PAPER_BEST)
+    assert report["warnings"] == [f"{run} ran on a real database, not a fake one" for run in runs]
     for row in report["runs"]:
         best = json.loads((tmp_path / row["run"] / "hiscores.json").read_text())["entries"][0]
         assert row["masses"] == best["model"]["masses"]

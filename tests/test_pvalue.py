@@ -95,7 +95,7 @@ def test_pvalue_command_writes_json_and_png(tmp_path):
 def test_batch_of_fakes_runs_and_continues(subset_dir, tmp_path):
     out = tmp_path / "fakes"
     args = ["fakes", "--count", "2", "--seed", "5", "--walkers", "1", "--steps", "3",
-            "--out", str(out), "--database", str(subset_dir)]
+            "--ladder", "0.5,1", "--swap-every", "2", "--out", str(out), "--database", str(subset_dir)]
     result = CliRunner().invoke(cli, args, obj={})
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "fakes.json").read_text())
@@ -106,6 +106,7 @@ def test_batch_of_fakes_runs_and_continues(subset_dir, tmp_path):
         assert record["seed"] == manifest["fakes"][i]["seeds"]["database"]
         assert run["config"]["seed"] == manifest["fakes"][i]["seeds"]["walk"]
         assert run["versions"]["database_fake"]["seed"] == record["seed"]
+        assert run["config"]["ladder"] == [0.5, 1.0] and run["config"]["swap_every"] == 2
     history = (out / "run-000" / "walker-0" / "history.jsonl").read_text()
     assert len(history.splitlines()) == 3
     # the same command again changes nothing; more steps continue the runs
