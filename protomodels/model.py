@@ -209,9 +209,14 @@ class ProtoModel:
         return tuple(sorted(self.masses))
 
     def copy(self) -> "ProtoModel":
+        """A deep copy in canonical order (particles by PDG id, channels by name, keys
+        sorted): the order ``from_dict`` gives a model read from a checkpoint, so a
+        resumed chain and the live one do every floating-point sum in the same order."""
         return dataclasses.replace(
-            self, masses=dict(self.masses), decays={p: dict(d) for p, d in self.decays.items()},
-            ssm=dict(self.ssm), xsecs=None if self.xsecs is None else dict(self.xsecs))
+            self, masses=dict(sorted(self.masses.items())),
+            decays={p: dict(sorted(d.items())) for p, d in sorted(self.decays.items())},
+            ssm=dict(sorted(self.ssm.items())),
+            xsecs=None if self.xsecs is None else dict(sorted(self.xsecs.items())))
 
     def multiplier(self, pair: Tuple[int, int]) -> float:
         return self.ssm.get(ssm_key(*pair), 1.0)

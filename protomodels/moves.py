@@ -55,8 +55,16 @@ class Space:
 
 @dataclass
 class Proposal:
+    """A proposed state and log[mu(x') q(x | x')] - log[mu(x) q(x' | x)].  The model is
+    kept in canonical order (``ProtoModel.copy``): a move that adds a particle or channel
+    appends it, and an accepted state must not differ from its checkpointed copy even in
+    the order of a sum (a resumed chain would drift from the live one in the last bit)."""
+
     model: ProtoModel
     log_ratio: float
+
+    def __post_init__(self) -> None:
+        self.model = self.model.copy()
 
 
 def open_channels(pid: int, masses: Dict[int, float]) -> List[str]:
