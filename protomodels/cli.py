@@ -324,10 +324,7 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
     values: Dict[str, Any] = load_config(Path(config_file)) if config_file else {}
     if "temperature" in values:  # a config file in the old terms; flags still win
         values["ladder"] = [values.pop("temperature")]
-    if ladder is not None and temperature is not None:
-        raise click.UsageError("give --ladder or --temperature, not both")
-    temperatures = _ladder(ladder) if ladder is not None else (
-        [temperature] if temperature is not None else None)
+    temperatures = _temperatures(ladder, temperature)
     flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
              "ladder": temperatures, "swap_every": swap_every, "r_limit": r_limit,
              "checkpoint_every": checkpoint_every, "database": database_path,
@@ -585,6 +582,15 @@ def closure(runs, injected: Optional[Path], window: float, as_json: bool,
           else study.format_closure(report) + "\n", output_file)
 
 
+def _temperatures(ladder: Optional[str], temperature: Optional[float]) -> Optional[List[float]]:
+    """The ladder of --ladder or --temperature (None if neither); a UsageError for both."""
+    if ladder is not None and temperature is not None:
+        raise click.UsageError("give --ladder or --temperature, not both")
+    if ladder is not None:
+        return _ladder(ladder)
+    return None if temperature is None else [temperature]
+
+
 def _ladder(text: str) -> List[float]:
     """--ladder T1,T2,...: a one-line UsageError for anything but positive ascending numbers."""
     from .tempering import Ladder
@@ -625,10 +631,7 @@ def fakes(count, seed, walkers, steps, out, ladder, swap_every, temperature, r_l
     `protomodels pvalue REAL_RUN OUT/run-*` (or `protomodels closure OUT/run-*` with --inject)."""
     from .pvalue import run_fakes, run_summary
 
-    if ladder is not None and temperature is not None:
-        raise click.UsageError("give --ladder or --temperature, not both")
-    temperatures = _ladder(ladder) if ladder is not None else (
-        [temperature] if temperature is not None else None)
+    temperatures = _temperatures(ladder, temperature)
     options = {k: v for k, v in (("ladder", temperatures), ("swap_every", swap_every),
                                  ("r_limit", r_limit)) if v is not None}
     options["likelihood"] = likelihood

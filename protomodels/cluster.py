@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .exceptions import RunError
-from .moves import MASS_STEPS
 from .runs import Runner, advance_chain
 
 logger = logging.getLogger(__name__)
@@ -79,8 +78,7 @@ def chain_task(out: str, chain: int, seed, target_step: int, temperature: float,
     """Advance chain ``chain`` of the run in ``out`` to its step ``target_step``."""
     score = score_factory() if score_factory is not None else _physics_score(config)
     step = advance_chain(Path(out), chain, seed, target_step, temperature,
-                         config["checkpoint_every"], score,
-                         mass_steps=config.get("mass_steps", MASS_STEPS))
+                         config["checkpoint_every"], score, mass_steps=config["mass_steps"])
     return {"walker": chain, "step": step}
 
 
