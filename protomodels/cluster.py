@@ -78,7 +78,8 @@ def chain_task(out: str, chain: int, seed, target_step: int, temperature: float,
     """Advance chain ``chain`` of the run in ``out`` to its step ``target_step``."""
     score = score_factory() if score_factory is not None else _physics_score(config)
     step = advance_chain(Path(out), chain, seed, target_step, temperature,
-                         config["checkpoint_every"], score, mass_steps=config["mass_steps"])
+                         config["checkpoint_every"], score, mass_steps=config["mass_steps"],
+                         move_mix=config["move_mix"])
     return {"walker": chain, "step": step}
 
 

@@ -38,6 +38,13 @@ from .xsec import reference_xsecs
 
 P_ONE, P_ZERO = 0.8, 0.1  # reference probabilities of a multiplier being exactly 1 or 0
 MASS_STEPS = (20.0, 60.0, 150.0, 400.0)  # GeV: widths of ChangeMass' Gaussian step
+#: Versions of the move mix (a run records its own, so that a resume continues exactly):
+#: 1 = unfreeze draws masses from the reference only, no spectrum shift (runs made before
+#: the setting); 2 = unfreeze anchors half its mass draws above the LSP, plus ShiftSpectrum.
+MOVE_MIXES = (1, 2)
+MOVE_MIX = 2
+ANCHOR_SHARE = 0.5     # mix 2: share of unfreeze mass draws anchored above the LSP
+ANCHOR_WIDTH = 500.0   # GeV: width of the half-normal mass gap above the LSP
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,45 @@ def _log_drawn(model: ProtoModel, pid: int, keys, space: Space, mass: bool = Tru
     return value + sum(_log_ssm_reference(model.ssm.get(k), space) for k in keys)
 
 
+def _log_mass_proposal(pid: int, mass: float, model: ProtoModel, space: Space,
+                       anchored: bool) -> float:
+    """log of Unfreeze's density (1/GeV) of drawing ``mass`` for ``pid``, given the model
+    without it.  Reference draws are uniform on the particle's range; anchored ones
+    (move mix 2) take the mass gap above the LSP from a half-normal of width
+    ANCHOR_WIDTH, because a search's signal depends on the gap to the LSP (its excesses
+    sit at particular gaps, e.g. 200-400 GeV for CMS-SUS-20-004's XZ2 -> h XZ1): a
+    uniform draw up to 2400 GeV lands in such a band a few percent of the time."""
+    lo, hi = space.mass_range(pid)
+    uniform = 1.0 / (hi - lo) if lo <= mass <= hi else 0.0
+    if not anchored:
+        return math.log(uniform) if uniform > 0 else -math.inf
+    gap = mass - model.masses[LSP]
+    half_normal = (math.sqrt(2.0 / math.pi) / ANCHOR_WIDTH
+                   * math.exp(-0.5 * (gap / ANCHOR_WIDTH) ** 2)) if gap >= 0 else 0.0
+    density = (1.0 - ANCHOR_SHARE) * uniform + ANCHOR_SHARE * half_normal
+    return math.log(density) if density > 0 else -math.inf
+
+
+def _log_mass_term(pid: int, with_pid: ProtoModel, without: ProtoModel, space: Space,
+                   anchored: bool) -> float:
+    """log q(mass) - log mu(mass) of the unfreeze that adds ``pid`` to ``without``: the
+    correction of ``_log_drawn`` for anchored draws; exactly 0 for reference draws, so
+    runs of move mix 1 resume with the arithmetic they were made with."""
+    if not anchored:
+        return 0.0
+    return (_log_mass_proposal(pid, with_pid.masses[pid], without, space, True)
+            - _log_mass_reference(pid, space))
+
+
+def _draw_mass(pid: int, model: ProtoModel, space: Space, rng: np.random.Generator,
+               anchored: bool) -> float:
+    """Unfreeze's mass draw for ``pid`` (density ``_log_mass_proposal``)."""
+    lo, hi = space.mass_range(pid)
+    if anchored and rng.random() < ANCHOR_SHARE:
+        return float(model.masses[LSP] + abs(rng.normal(0.0, ANCHOR_WIDTH)))
+    return float(rng.uniform(lo, hi))
+
+
 def _draw_new_multipliers(old: ProtoModel, new: ProtoModel, rng: np.random.Generator,
                           space: Space) -> set:
     """Draw, from the reference, the multipliers of processes ``new`` has and ``old`` lacks."""
@@ -209,9 +255,15 @@ class Move:
 
 
 class Unfreeze(Move):
-    """Add a particle with all its parameters drawn from the reference."""
+    """Add a particle: its decays and multipliers drawn from the reference, its mass from
+    the reference (``anchored=False``, move mix 1) or half the time from a half-normal gap
+    above the LSP (``_log_mass_proposal``)."""
 
     name, reverse = "unfreeze", "freeze"
+
+    def __init__(self, space: Space, anchored: bool = True):
+        super().__init__(space)
+        self.anchored = anchored
 
     def propose(self, model, rng):
         options = unfreezable(model, self.space)
@@ -219,8 +271,7 @@ class Unfreeze(Move):
             return None
         pid = int(options[rng.integers(len(options))])
         new = model.copy()
-        lo, hi = self.space.mass_range(pid)
-        new.masses[pid] = float(rng.uniform(lo, hi))
+        new.masses[pid] = _draw_mass(pid, model, self.space, rng, self.anchored)
         if pid != LSP:
             new.decays[pid] = draw_decays(pid, new, rng)
         fresh = _draw_new_multipliers(model, new, rng, self.space)
@@ -228,16 +279,22 @@ class Unfreeze(Move):
             return Proposal(new, -math.inf)
         # q(x'|x) = 1/|options| x mu(new particle's parameters); mu(x') / mu(x) leaves
         # exactly that factor plus the change of the other particles' BR normalisations.
-        drawn = _log_drawn(new, pid, fresh, self.space)
+        drawn = (_log_drawn(new, pid, fresh, self.space)
+                 + _log_mass_term(pid, new, model, self.space, self.anchored))
         log_forward = -math.log(len(options)) + drawn
         log_reverse = -math.log(len(freezable(new)))
         return self._ratio(model, new, log_reverse, log_forward)
 
 
 class Freeze(Move):
-    """Remove a particle (never the LSP, never the lighter of an ordered pair alone)."""
+    """Remove a particle (never the LSP, never the lighter of an ordered pair alone); the
+    reverse of an Unfreeze with the same ``anchored``."""
 
     name, reverse = "freeze", "unfreeze"
+
+    def __init__(self, space: Space, anchored: bool = True):
+        super().__init__(space)
+        self.anchored = anchored
 
     def propose(self, model, rng):
         options = freezable(model)
@@ -248,7 +305,8 @@ class Freeze(Move):
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
         gone = set(process_keys(model)) - set(process_keys(new))
-        drawn = _log_drawn(model, pid, gone, self.space)
+        drawn = (_log_drawn(model, pid, gone, self.space)
+                 + _log_mass_term(pid, model, new, self.space, self.anchored))
         log_forward = -math.log(len(options))
         log_reverse = -math.log(len(unfreezable(new, self.space))) + drawn
         return self._ratio(model, new, log_reverse, log_forward)
@@ -277,6 +335,26 @@ class ChangeMass(Move):
         width = self.steps[rng.integers(len(self.steps))] if len(self.steps) > 1 else self.steps[0]
         new = model.copy()
         new.masses[pid] = float(model.masses[pid] + rng.normal(0.0, width))
+        return self._ratio(model, new, 0.0, 0.0)
+
+
+class ShiftSpectrum(Move):
+    """Shift every mass, the LSP's included, by one Gaussian step (width drawn from
+    ``steps`` as in ChangeMass); symmetric, Jacobian 1.  Keeps the mass gaps a signal
+    depends on, so a basin found at one LSP mass can slide to where another excess needs
+    the LSP (one ChangeMass of the LSP changes every gap at once)."""
+
+    name = "shift"
+
+    def __init__(self, space: Space, step: Union[float, Sequence[float]] = MASS_STEPS):
+        super().__init__(space)
+        self.steps = ChangeMass(space, step).steps
+
+    def propose(self, model, rng):
+        width = self.steps[rng.integers(len(self.steps))]
+        delta = float(rng.normal(0.0, width))
+        new = model.copy()
+        new.masses = {pid: mass + delta for pid, mass in new.masses.items()}
         return self._ratio(model, new, 0.0, 0.0)
 
 
@@ -487,16 +565,25 @@ class Split(Move):
         return self._ratio(model, new, log_reverse, log_forward)
 
 
-def default_moves(space: Space, mass_steps: Sequence[float] = MASS_STEPS
-                  ) -> List[Tuple[Move, float]]:
-    """The walker's move mix (weights are relative); ``mass_steps``: ChangeMass' widths
-    in GeV (a run records them: runs made before they were a setting used 150 GeV)."""
-    return [
-        (Unfreeze(space), 1.0), (Freeze(space), 1.0), (ChangeMass(space, mass_steps), 3.0),
+def default_moves(space: Space, mass_steps: Sequence[float] = MASS_STEPS,
+                  mix: int = MOVE_MIX) -> List[Tuple[Move, float]]:
+    """The walker's move mix (weights are relative); ``mass_steps``: ChangeMass' (and
+    ShiftSpectrum's) widths in GeV; ``mix``: a version in MOVE_MIXES.  A run records
+    both (runs made before they were settings: 150 GeV and mix 1).  ValueError for an
+    unknown mix."""
+    if mix not in MOVE_MIXES:
+        raise ValueError(f"move mix {mix!r}: expected one of {list(MOVE_MIXES)}")
+    anchored = mix >= 2
+    moves: List[Tuple[Move, float]] = [
+        (Unfreeze(space, anchored), 1.0), (Freeze(space, anchored), 1.0),
+        (ChangeMass(space, mass_steps), 3.0),
         (JitterBRs(space), 1.0), (OpenChannel(space), 0.5), (CloseChannel(space), 0.5),
         (ScaleMultiplier(space), 1.0), (RedrawMultiplier(space), 0.5),
         (Merge(space), 0.25), (Split(space), 0.25),
     ]
+    if mix >= 2:
+        moves.append((ShiftSpectrum(space, mass_steps), 1.0))
+    return moves
 
 
 def choose(moves: Sequence[Tuple[Move, float]], rng: np.random.Generator

@@ -37,7 +37,7 @@ from .atomic import read_json_record, sole_writer, write_json_atomic, write_text
 from .exceptions import RunError
 from .model import LSP, ProtoModel
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
-from .moves import MASS_STEPS, Space, Unfreeze, default_moves
+from .moves import MASS_STEPS, MOVE_MIX, Space, Unfreeze, default_moves
 from .tempering import (DEFAULT_LADDER, DEFAULT_SWAP_EVERY, Ladder, TemperingStore,
                         acceptance_by_pair, boundaries, pending_states, swap_stream, sweep)
 from .walker import sample
@@ -58,7 +58,7 @@ def start_model(rng: np.random.Generator, space: Space) -> ProtoModel:
     """SPEC: the LSP (mass uniform in 200-500 GeV) plus one random particle."""
     lo, hi = space.mass_range(LSP)
     lsp = ProtoModel(masses={LSP: float(rng.uniform(max(200.0, lo), min(500.0, hi)))})
-    unfreeze = Unfreeze(space)
+    unfreeze = Unfreeze(space, anchored=False)  # SPEC's start, whatever the move mix
     for _ in range(100):
         proposal = unfreeze.propose(lsp, rng)
         if proposal is not None and proposal.log_ratio > -math.inf:
@@ -166,9 +166,10 @@ def one_blas_thread() -> None:
 def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: int,
                space: Space, temperature: float = 1.0, checkpoint_every: int = 10,
                resume: bool = False, hiscores: Optional[Path] = None, walker: int = 0,
-               mass_steps: Sequence[float] = MASS_STEPS) -> None:
+               mass_steps: Sequence[float] = MASS_STEPS, move_mix: int = MOVE_MIX) -> None:
     """Run (or continue) one walker for ``steps`` more steps (``mass_steps``: the widths
-    of its mass move in GeV, see ``moves.ChangeMass``).
+    of its mass moves in GeV, ``move_mix``: the version of its move mix; see
+    ``moves.default_moves``).
 
     Ctrl-C (KeyboardInterrupt) ends the walker after a checkpoint of its last step.
     The start and every accepted state are merged into ``hiscores`` at every checkpoint.
@@ -208,7 +209,7 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
             candidates.clear()
         store.save_checkpoint(step_number, state_model, state_record, rng, size)
 
-    moves = default_moves(space, mass_steps)
+    moves = default_moves(space, mass_steps, move_mix)
     last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
     clock = time.perf_counter()
@@ -253,7 +254,8 @@ def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel
 
 def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_step: int,
                   temperature: float, checkpoint_every: int, score: Score,
-                  space: Optional[Space] = None, mass_steps: Sequence[float] = MASS_STEPS) -> int:
+                  space: Optional[Space] = None, mass_steps: Sequence[float] = MASS_STEPS,
+                  move_mix: int = MOVE_MIX) -> int:
     """Run chain ``chain`` of the run in ``out`` up to its step ``target_step``: from its
     seed if it has no checkpoint yet, else resumed from the checkpoint (nothing to do if
     it is there already).  Returns the step reached.  The unit of work of every runner."""
@@ -263,7 +265,8 @@ def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_st
     if done is not None and done >= target_step:
         return done
     common = dict(temperature=temperature, checkpoint_every=checkpoint_every,
-                  hiscores=Path(out) / "hiscores.json", walker=chain, mass_steps=mass_steps)
+                  hiscores=Path(out) / "hiscores.json", walker=chain, mass_steps=mass_steps,
+                  move_mix=move_mix)
     if done is None:
         run_walker(folder, seed, score, target_step, space or Space(), resume=False, **common)
     else:
@@ -366,6 +369,7 @@ class WalkConfig:
     analyses: List[str] = field(default_factory=lambda: ["*"])
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
     mass_steps: List[float] = field(default_factory=lambda: list(MASS_STEPS))  # GeV
+    move_mix: int = MOVE_MIX  # version of the move mix (moves.default_moves)
 
 
     processes: Optional[int] = None  # local runner: worker processes [default: min(chains, cores)]
@@ -376,14 +380,18 @@ class WalkConfig:
 LEGACY_LIKELIHOOD = "full"
 #: Runs made before ``mass_steps`` was a setting: one Gaussian width.
 LEGACY_MASS_STEPS = (150.0,)
+#: Runs made before ``move_mix`` was a setting: reference-only unfreeze, no shift move.
+LEGACY_MOVE_MIX = 1
 
 
 def legacy_config(config: Dict[str, Any]) -> Dict[str, Any]:
     """A stored run configuration in today's terms: runs made before replica exchange had
     one ``temperature`` for all walkers (a one-rung ladder), runs made before the
     likelihood setting used the full workspaces, runs made before the mass steps were a
-    setting used one width of 150 GeV."""
-    config = {"likelihood": LEGACY_LIKELIHOOD, "mass_steps": list(LEGACY_MASS_STEPS), **config}
+    setting used one width of 150 GeV, runs made before the move mix was a setting used mix
+    1."""
+    config = {"likelihood": LEGACY_LIKELIHOOD, "mass_steps": list(LEGACY_MASS_STEPS),
+              "move_mix": LEGACY_MOVE_MIX, **config}
     if "ladder" not in config:
         config["ladder"] = [config.get("temperature", 1.0)]
     config.pop("temperature", None)
@@ -754,7 +762,8 @@ def _chain_worker(conn, parents, out: Path, seeds, ladder: Ladder, config: WalkC
                 multiprocessing.current_process().name = f"walker-{chain}"
                 try:
                     advance_chain(out, chain, seeds[chain], target, ladder.temperature(chain),
-                                  config.checkpoint_every, score, space, config.mass_steps)
+                                  config.checkpoint_every, score, space, config.mass_steps,
+                                  config.move_mix)
                 except KeyboardInterrupt:
                     interrupted.append(chain)
                 except Exception:

@@ -94,17 +94,20 @@ def test_visit_frequencies_match_exp_half_K():
 
 def test_reference_measure_of_decays_is_sampled_exactly():
     """With K = 0 the chain samples the reference itself: with four open gluino channels
-    the support size k has probability C(4, k)/15, and within a 2-channel support each BR
-    is uniform. Unequal move weights check the selection-probability correction too."""
+    the support size k has probability C(4, k)/15, within a 2-channel support each BR
+    is uniform, and the gluino mass is uniform on its range although Unfreeze draws half
+    its masses near the LSP (its proposal density must cancel exactly). Unequal move
+    weights check the selection-probability correction too."""
     from protomodels.moves import (ChangeMass, CloseChannel, Freeze, JitterBRs, OpenChannel,
-                                   Unfreeze)
+                                   ShiftSpectrum, Unfreeze)
     space = Space(candidates=(LSP, 1000021),
                   mass_ranges={LSP: (50.0, 90.0), 1000021: (600.0, 2400.0)})
     moves = [(Unfreeze(space), 2.0), (Freeze(space), 0.7), (ChangeMass(space), 1.0),
-             (JitterBRs(space), 1.0), (OpenChannel(space), 1.5), (CloseChannel(space), 0.4)]
+             (JitterBRs(space), 1.0), (OpenChannel(space), 1.5), (CloseChannel(space), 0.4),
+             (ShiftSpectrum(space, 10.0), 0.5)]
     rng = np.random.default_rng(7)
     model = ProtoModel(masses={LSP: 70.0})
-    sizes, shares, present = Counter(), [], 0
+    sizes, shares, present, masses = Counter(), [], 0, []
     steps = 60000
     for step in sample(model, 0.0, lambda m: 0.0, moves, rng, steps=steps):
         if step.step <= 2000 or step.step % 5:
@@ -113,6 +116,7 @@ def test_reference_measure_of_decays_is_sampled_exactly():
         if decays is None:
             continue
         present += 1
+        masses.append(step.model.masses[1000021])
         sizes[len(decays)] += 1
         if len(decays) == 2:
             shares.append(decays[min(decays)])
@@ -121,6 +125,7 @@ def test_reference_measure_of_decays_is_sampled_exactly():
     expected = np.array([4, 6, 4, 1], dtype=float) / 15 * observed.sum()
     assert stats.chisquare(observed, expected).pvalue > 0.001, (observed, expected)
     assert stats.kstest(shares[::5], "uniform").pvalue > 0.001
+    assert stats.kstest(masses[::10], "uniform", args=(600.0, 1800.0)).pvalue > 0.001
     fraction = present / ((steps - 2000) / 5)
     assert abs(fraction - 0.5) < 0.05, fraction
 
@@ -175,3 +180,29 @@ def test_mass_move_with_one_width_draws_as_before_and_several_widths_mix():
                  .model.masses[LSP] - 500.0) for s in range(400)]
     assert sum(d < 30 for d in steps) > 100 and sum(d > 300 for d in steps) > 50
     assert legacy_config({})["mass_steps"] == [150.0]
+
+
+def test_move_mixes_old_runs_keep_theirs():
+    """Mix 1 (runs made before the setting) has no spectrum shift and draws unfreeze masses
+    from the reference with the random numbers of earlier runs; mix 2 adds the shift,
+    which moves every mass by the same amount; an unknown mix is an error."""
+    from protomodels.moves import ShiftSpectrum, Unfreeze, unfreezable
+    from protomodels.runs import legacy_config
+
+    space = Space()
+    assert "shift" not in [m.name for m, _ in default_moves(space, mix=1)]
+    assert "shift" in [m.name for m, _ in default_moves(space, mix=2)]
+    with pytest.raises(ValueError, match="move mix 3"):
+        default_moves(space, mix=3)
+    assert legacy_config({})["move_mix"] == 1
+    model = ProtoModel(masses={LSP: 300.0})
+    rng_new, rng_old = np.random.default_rng(5), np.random.default_rng(5)
+    proposal = Unfreeze(space, anchored=False).propose(model, rng_new)
+    options = unfreezable(model, space)
+    pid = options[rng_old.integers(len(options))]
+    assert proposal.model.masses[pid] == rng_old.uniform(*space.mass_range(pid))
+    model = ProtoModel(masses={LSP: 300.0, 1000021: 1500.0}, decays={1000021: {"q q XZ1": 1.0}})
+    shifted = ShiftSpectrum(space, 50.0).propose(model, np.random.default_rng(1)).model
+    delta = shifted.masses[LSP] - model.masses[LSP]
+    assert abs(delta) > 0
+    assert shifted.masses[1000021] - model.masses[1000021] == pytest.approx(delta, abs=1e-9)

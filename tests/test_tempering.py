@@ -87,8 +87,10 @@ def test_t1_chain_with_swaps_samples_exp_half_K(monkeypatch):
     with swaps visits the 8 particle sets in proportion to exp(K/2) (chi-square on thinned
     counts, fixed seed); with the sign of the swap term flipped on purpose the same test
     fails (swaps every 2 steps, so that the swaps, not the chain's own moves, dominate:
-    at 20 steps between sweeps a flipped sign can pass)."""
-    ladder = Ladder((0.5, 1.0, 2.0))
+    at 20 steps between sweeps a flipped sign can pass; and a ladder spread by 4 per rung,
+    since with the spectrum-shift move the chains mix fast enough that a flipped sign on
+    0.5, 1, 2 only reached p = 0.008)."""
+    ladder = Ladder((0.25, 1.0, 4.0))
     p_value, observed = _chi_square_p(_tempered_t1_counts(ladder, 5000, 2, seed=3))
     assert p_value > 0.001, observed
     flipped = tempering.log_swap_ratio
