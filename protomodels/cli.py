@@ -119,24 +119,29 @@ def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_l
                  database_path: Optional[str]) -> None:
     """K, TL, mu_hat and the best combination of the model in SLHA_FILE."""
     from . import significance as sig
+    from .general import GeneralModel, load_model
     from .loader import load_database
     from .predictor import Selection
-    from .slha import read_slha
 
-    model = read_slha(slha_file)
+    model = load_model(slha_file)
     db = load_database(database_path, likelihood)
     selection = Selection(sqrts=sqrts, analyses=tuple(a.strip() for a in analyses.split(",")),
                           superseded=superseded)
     t0 = time.perf_counter()
-    result = sig.evaluate(model, db, r_limit=r_limit, selection=selection)
+    if isinstance(model, GeneralModel):
+        result = sig.evaluate_general(model, db, r_limit=r_limit, selection=selection)
+    else:
+        result = sig.evaluate(model, db, r_limit=r_limit, selection=selection)
     result.timings["wall"] = time.perf_counter() - t0
-    report = significance_report(result, db, slha_file)
+    report = significance_report(result, db, slha_file, model)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else format_significance(report), output_file)
 
 
-def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
-    """The JSON document of one significance computation (schema protomodels.significance/1)."""
+def significance_report(result, db, slha_file: Path, model=None) -> Dict[str, Any]:
+    """The JSON document of one significance computation (schema protomodels.significance/1);
+    ``model``: a ``general.GeneralModel`` adds what SModelS was given (``model``)."""
+    from .general import GeneralModel
     def pred(p) -> Dict[str, Any]:
         return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
                 "sqrts_tev": p.sqrts, "xsec_fb": p.xsec_fb, "ul_obs_fb": p.ul_obs_fb,
@@ -168,6 +173,8 @@ def significance_report(result, db, slha_file: Path) -> Dict[str, Any]:
         "n_predictions": len(result.predictions),
         "n_informative": result.informative,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "model": ({"kind": "general", **model.report()} if isinstance(model, GeneralModel)
+                  else {"kind": "proto-model"}),
     }
 
 
@@ -190,6 +197,17 @@ def format_significance(report: Dict[str, Any]) -> str:
         "",
         "best combination:" if report["combination"] else "best combination: none (no excess)",
     ]
+    general = report.get("model", {})
+    if general.get("kind") == "general":
+        extra = [f"  general model (not a proto-model): LSP {general['lsp']}"]
+        if general["long_lived"]:
+            extra.append("  not prompt: " + ", ".join(f"{p} ({k})" for p, k
+                                                      in general["long_lived"].items()))
+        if general["without_xsec"]:
+            extra.append("  no production cross section: " + ", ".join(
+                f"{e['name']} ({e['mass_gev']:.0f} GeV)" for e in general["without_xsec"]))
+        extra += [f"  note: {note}" for note in general["notes"]]
+        lines[6:6] = extra
     for m in report["combination"]:
         lines.append(f"  {m['analysis_id']:<28} {m['dataset']:<20} {m['type']:<8} "
                      f"{m['sqrts_tev']:>2} TeV  nll(0)={m['nll_0']:.3f}  "

@@ -237,24 +237,26 @@ def _observed_cls(theory, mu: float) -> Optional[float]:
     return limits.CLs(mu, observed)
 
 
-def _smodels_model(slha_text: str):
+def _smodels_model(slha_text: str, particles: Optional[Sequence[Any]] = None):
     from smodels.base.model import Model
     from smodels.base.physicsUnits import GeV
     from smodels.share.models import mssm
     from smodels.share.models.SMparticles import SMList
 
-    bsm = [p for p in mssm.BSMList if abs(p.pdg) in NAMES]
+    bsm = (list(particles) if particles is not None
+           else [p for p in mssm.BSMList if abs(p.pdg) in NAMES])
     model = Model(BSMparticles=bsm, SMparticles=SMList, label="protomodel")
     model.updateParticles(inputFile=slha_text, minMass=1.0 * GeV)
     return model
 
 
-def decompose(slha_text: str):
-    """SModelS model and its SMS topologies for one SLHA text."""
+def decompose(slha_text: str, particles: Optional[Sequence[Any]] = None):
+    """SModelS model and its SMS topologies for one SLHA text; ``particles``: SModelS'
+    BSM particle objects (default: the proto-model candidates of SModelS' MSSM)."""
     from smodels.base.physicsUnits import GeV, fb
     from smodels.decomposition import decomposer
 
-    model = _smodels_model(slha_text)
+    model = _smodels_model(slha_text, particles)
     top = decomposer.decompose(model, sigmacut=SIGMACUT_FB * fb, massCompress=True,
                                invisibleCompress=True, minmassgap=MINMASSGAP_GEV * GeV)
     return model, top
@@ -270,11 +272,14 @@ def predict(model: ProtoModel, database: ExperimentalDatabase,
 
 
 def predict_slha_text(slha_text: str, database: ExperimentalDatabase,
-                      selection: Selection | None = None) -> List[Prediction]:
+                      selection: Selection | None = None,
+                      particles: Optional[Sequence[Any]] = None) -> List[Prediction]:
+    """Predictions of every selected result for the model in ``slha_text`` (``particles``:
+    see ``decompose``).  PredictionError if SModelS cannot decompose it."""
     selection = selection or Selection()
     t0 = time.perf_counter()
     try:
-        _, top = decompose(slha_text)
+        _, top = decompose(slha_text, particles)
     except Exception as error:  # SModelS raises its own error types, or bare ones
         raise PredictionError(f"SModelS could not decompose the model: {error}") from None
     t1 = time.perf_counter()

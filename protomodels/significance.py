@@ -19,7 +19,7 @@ from .combiner import (EMPTY, CombinabilityMatrix, Combination, ResultKey, best_
                        combinability_graph)
 from .database import ExperimentalDatabase
 from .model import LSP, ProtoModel, ssm_key
-from .predictor import Prediction, Selection, predict
+from .predictor import Prediction, Selection, predict, predict_slha_text
 from .xsec import effective_xsecs
 
 logger = logging.getLogger(__name__)
@@ -131,9 +131,30 @@ def evaluate(model: ProtoModel, database: ExperimentalDatabase, r_limit: float =
     return evaluate_predictions(model, predictions, r_limit, matrix, timings)
 
 
-def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_limit: float = 1.0,
-                         matrix: Optional[CombinabilityMatrix] = None,
-                         timings: Optional[Dict[str, float]] = None) -> Significance:
+def evaluate_general(model, database: ExperimentalDatabase, r_limit: float = 1.0,
+                     selection: Optional[Selection] = None,
+                     matrix: Optional[CombinabilityMatrix] = None) -> Significance:
+    """K of a ``general.GeneralModel`` (any SLHA file): SModelS on the file's own masses,
+    widths, decays and cross sections, then the same critic, combiner and K; the prior
+    counted by ``GeneralModel.prior_terms``.  PredictionError if SModelS cannot decompose
+    the model."""
+    timings: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    predictions: List[Prediction] = []
+    if model.produced():
+        predictions = predict_slha_text(model.smodels_text(), database, selection,
+                                        model.smodels_particles())
+    timings["predictions"] = time.perf_counter() - t0
+    return evaluate_predictions(None, predictions, r_limit, matrix, timings,
+                                terms=model.prior_terms())
+
+
+def evaluate_predictions(model: Optional[ProtoModel], predictions: List[Prediction],
+                         r_limit: float = 1.0, matrix: Optional[CombinabilityMatrix] = None,
+                         timings: Optional[Dict[str, float]] = None,
+                         terms: Optional[Dict[str, int]] = None) -> Significance:
+    """Critic, combiner and K of ``predictions``; the prior from ``terms`` if given, else
+    from the proto-model ``model`` (``prior_terms``)."""
     timings = {} if timings is None else timings
     t0 = time.perf_counter()
     r_max, mu_max = critic(predictions, r_limit)
@@ -167,7 +188,7 @@ def evaluate_predictions(model: ProtoModel, predictions: List[Prediction], r_lim
             nll0, nllmu = p.nll(0.0), p.nll(best.mu_hat)
         members.append(Member(p, nll0, nllmu))
     tl = sum(m.tl for m in members)
-    terms = prior_terms(model)
+    terms = prior_terms(model) if terms is None else terms
     log_prior = two_ln_prior(terms)
     K = tl + log_prior
     timings["total"] = sum(v for k, v in timings.items() if k != "total")

@@ -7,23 +7,21 @@ The ``SSM`` block records the multipliers themselves, so that a file read back g
 the same model: cross sections given in a file are divided by its multipliers to get
 the per-process reference values (``ProtoModel.xsecs``).
 
-Reading accepts any SLHA file: SM and Higgs-sector ids (|pid| < 1000000) are ignored,
-BSM ids outside the candidate table are an error unless decoupled (mass >= 1e5 GeV).
+Reading (``read_slha``) takes a file as a proto-model: SM and Higgs-sector ids
+(|pid| < 1000000) are ignored, BSM ids outside the candidate table are an error unless
+decoupled (mass >= 1e5 GeV).  Files of any other model: ``general.load_model``.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from pathlib import Path
 from typing import Dict, Mapping, Tuple
-
-import pyslha
 
 from .atomic import write_text_atomic
 from .exceptions import ModelError, SLHAError
 from .model import (CHANNELS, FROZEN_MASS, LINE_TO_CHANNEL, LSP, NAMES, ProtoModel,
                     channel_spec, pair_key, ssm_key)
+from .slha_document import MARKER, SLHADocument, mass_entries, read_document, ssm_entries
 
 DECOUPLED_MASS = 1e5  # GeV: heavier particles count as frozen
 PROMPT_WIDTH = 1.0  # GeV, total width written for unfrozen non-LSP particles
@@ -34,7 +32,7 @@ Xsecs = Dict[Tuple[int, Tuple[int, int]], float]  # (sqrts TeV, process key) -> 
 
 def to_slha(model: ProtoModel, xsecs: Xsecs) -> str:
     """SLHA text of ``model`` with the given effective cross sections (pb, ssm applied)."""
-    lines = ["# SLHA file written by protomodels", "BLOCK MASS"]
+    lines = [MARKER, "BLOCK MASS"]
     for pid in sorted(NAMES):
         mass = float(model.masses.get(pid, FROZEN_MASS))  # repr of a float: exact and plain
         lines.append(f"   {pid:>8d}  {mass!r:>22}  # {NAMES[pid]}")
@@ -75,102 +73,85 @@ def write_slha(model: ProtoModel, xsecs: Xsecs, path: os.PathLike) -> None:
 
 
 def read_slha(path: os.PathLike) -> ProtoModel:
-    """Read any SLHA file into a validated ProtoModel; errors name the file and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise SLHAError(f"{path}: no such file")
-    try:
-        doc = pyslha.read(str(path), ignorenomass=True, ignorenobr=True)
-    except Exception as error:  # pyslha raises bare ParseError/ValueError/IndexError
-        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-        raise SLHAError(f"{path}: malformed SLHA, pyslha cannot parse it ({detail})") from None
-    if "MASS" not in doc.blocks:
-        raise SLHAError(f"{path}: no MASS block")
-    masses = _read_masses(path, doc.blocks["MASS"])
-    decays = _read_decays(path, doc, masses)
-    ssm = _read_ssm(path, doc)
-    xsecs = _read_xsecs(path, doc, ssm)
+    """Read an SLHA file as a proto-model of the walker's model space (every BSM particle
+    a candidate, decays in its channel menu); errors name the file, line and entry.
+    Files of any other model: ``general.load_model``."""
+    return model_from_document(read_document(path))
+
+
+def model_from_document(doc: SLHADocument) -> ProtoModel:
+    """The validated ProtoModel of a parsed SLHA document (see ``read_slha``)."""
+    masses = _read_masses(doc)
+    decays = _read_decays(doc, masses)
+    ssm = _read_ssm(doc)
+    xsecs = _read_xsecs(doc, ssm)
     model = ProtoModel(masses=masses, decays=decays, ssm=ssm, xsecs=xsecs)
     try:
-        model.validate(str(path))
+        model.validate(doc.path)
     except ModelError as error:
         raise SLHAError(str(error)) from None
     return model
 
 
-def _read_masses(path: Path, block) -> Dict[int, float]:
+def _read_masses(doc: SLHADocument) -> Dict[int, float]:
     masses: Dict[int, float] = {}
-    for key, value in block.items():
-        pid = key if isinstance(key, int) else key[0]
-        try:
-            mass = float(value)
-        except (TypeError, ValueError):
-            raise SLHAError(f"{path}: MASS of {pid} is {value!r}, not a number") from None
+    for pid, (mass, line) in mass_entries(doc).items():
         if abs(pid) < 1000000:
             continue  # SM and Higgs sector: not part of the proto-model
-        if math.isnan(mass) or mass < 0:
-            raise SLHAError(f"{path}: MASS of {NAMES.get(pid, pid)} ({pid}) is {value}; "
-                            "masses must be non-negative numbers")
+        if mass < 0:
+            raise doc.error(line, f"MASS of {NAMES.get(pid, pid)} ({pid}) is {mass}; "
+                                  "proto-model masses are non-negative")
         if mass >= DECOUPLED_MASS:
             continue  # frozen / decoupled
         if pid not in NAMES:
-            raise SLHAError(f"{path}: MASS block has unknown particle id {pid} at {mass} GeV "
-                            f"(known: {', '.join(str(p) for p in sorted(NAMES))})")
+            raise doc.error(line, f"MASS block has particle id {pid} at {mass} GeV, not a "
+                                  "proto-model candidate")
         masses[pid] = mass
     if LSP not in masses:
-        raise SLHAError(f"{path}: MASS block lacks the LSP XZ1 (1000022) below {DECOUPLED_MASS:g} GeV")
+        raise SLHAError(f"{doc.path}: MASS block lacks the LSP XZ1 (1000022) below "
+                        f"{DECOUPLED_MASS:g} GeV")
     return masses
 
 
-def _read_decays(path: Path, doc, masses: Mapping[int, float]) -> Dict[int, Dict[str, float]]:
+def _read_decays(doc: SLHADocument, masses: Mapping[int, float]) -> Dict[int, Dict[str, float]]:
     decays: Dict[int, Dict[str, float]] = {}
     for pid in masses:
         if pid == LSP:
             continue
-        decay = doc.decays.get(pid)
-        if decay is None or not decay.decays:
-            raise SLHAError(f"{path}: DECAY block of {NAMES[pid]} ({pid}) is missing or empty")
+        table = doc.decays.get(pid)
+        if table is None or not table.channels:
+            raise SLHAError(f"{doc.path}: DECAY block of {NAMES[pid]} ({pid}) is missing or empty")
         brs: Dict[str, float] = {name: 0.0 for name in (s.name for s in CHANNELS[pid])}
-        for entry in decay.decays:
-            daughters = tuple(sorted(int(d) for d in entry.ids))
-            name = LINE_TO_CHANNEL.get((pid, daughters))
+        for entry in table.channels:
+            name = LINE_TO_CHANNEL.get((pid, tuple(sorted(entry.daughters))))
             if name is None:
-                raise SLHAError(f"{path}: DECAY {pid} has channel {list(entry.ids)} with BR "
-                                f"{entry.br}, which is not in the {NAMES[pid]} channel menu")
-            brs[name] += float(entry.br)
+                raise doc.error(entry.line, f"DECAY {pid} has channel {list(entry.daughters)} "
+                                            f"with BR {entry.br}, which is not in the "
+                                            f"{NAMES[pid]} channel menu")
+            brs[name] += entry.br
         decays[pid] = {name: br for name, br in brs.items() if br > 0}
     return decays
 
 
-def _read_ssm(path: Path, doc) -> Dict[Tuple[int, int], float]:
-    ssm: Dict[Tuple[int, int], float] = {}
-    block = doc.blocks.get("SSM")
-    if block is None:
-        return ssm
-    for key, value in block.items():
-        if not isinstance(key, tuple) or len(key) != 2:
-            raise SLHAError(f"{path}: SSM entry {key!r} must have two particle ids")
-        ssm[ssm_key(int(key[0]), int(key[1]))] = float(value)
-    return ssm
+def _read_ssm(doc: SLHADocument) -> Dict[Tuple[int, int], float]:
+    return {ssm_key(*key): value for key, value in ssm_entries(doc).items()}
 
 
-def _read_xsecs(path: Path, doc, ssm: Mapping[Tuple[int, int], float]) -> Xsecs | None:
-    """Reference-equivalent cross sections (pb) from XSECTION blocks: highest QCD order wins."""
+def _read_xsecs(doc: SLHADocument, ssm: Mapping[Tuple[int, int], float]) -> Xsecs | None:
+    """Reference-equivalent cross sections (pb) from XSECTION blocks: per process and sqrts
+    the highest QCD order and of it the largest value, as SModelS (``general``)."""
     if not doc.xsections:
         return None
     best: Dict[Tuple[int, Tuple[int, int]], Tuple[int, float]] = {}
-    for process in doc.xsections.values():
-        if len(process.pidsfinal) != 2:
-            raise SLHAError(f"{path}: XSECTION for {process.pidsfinal}: only 2 -> 2 processes are supported")
-        key = pair_key(*(int(p) for p in process.pidsfinal))
-        for xsec in process.xsecs:
-            sqrts = int(round(float(xsec.sqrts) / 1000.0))
-            value = float(xsec.value)
-            if math.isnan(value) or value < 0:
-                raise SLHAError(f"{path}: XSECTION {process.pidsfinal} at {xsec.sqrts} GeV is {value}")
-            order = int(xsec.qcd_order)
-            if (sqrts, key) not in best or order > best[(sqrts, key)][0]:
-                best[(sqrts, key)] = (order, value)
+    for x in doc.xsections:
+        if len(x.final) != 2:
+            raise doc.error(x.line, f"XSECTION for {list(x.final)}: only 2 -> 2 processes are "
+                                    "supported")
+        key = pair_key(*x.final)
+        sqrts = int(round(x.sqrts_gev / 1000.0))
+        candidate = (x.order, x.value_pb)
+        if (sqrts, key) not in best or candidate > best[(sqrts, key)]:
+            best[(sqrts, key)] = candidate
     xsecs: Xsecs = {}
     for (sqrts, key), (_, value) in best.items():
         multiplier = ssm.get(ssm_key(*key), 1.0)

@@ -92,9 +92,9 @@ def _sub(pattern: str, replacement: str):
 @pytest.mark.parametrize("mutate, message", [
     (_sub(r"BLOCK MASS", "BLOCK MASSX"), "no MASS block"),
     (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>-1166.0"), "MASS of Xt (1000006) is -1166.0"),
-    (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>nan"), "MASS of Xt (1000006) is nan"),
-    (_sub(r"(\n\s+1000022\s+)163.0", r"\g<1>abc"), "MASS of 1000022 is 'abc', not a number"),
-    (_sub(r"(\n\s+1000022\s+163.0)", r"\g<1>\n  1000035  500.0"), "unknown particle id 1000035"),
+    (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>nan"), "BLOCK MASS entry 1000006: the mass is 'nan', not a finite number"),
+    (_sub(r"(\n\s+1000022\s+)163.0", r"\g<1>abc"), "BLOCK MASS entry 1000022: the mass is 'abc', not a number"),
+    (_sub(r"(\n\s+1000022\s+163.0)", r"\g<1>\n  1000035  500.0"), "particle id 1000035 at 500.0 GeV, not a proto-model candidate"),
     (_sub(r"(DECAY\s+1000001\s+1.0.*\n)\s+1.0", r"\g<1>  0.5"), "BRs of Xd sum to 0.5"),
     (_sub(r"DECAY\s+1000006.*\n.*\n", ""), "DECAY block of Xt"),
     (_sub(r"(\n\s+1000022\s+)163.0", r"\g<1>2000.0"), "lighter than the LSP"),
@@ -116,7 +116,8 @@ def test_bad_input_names_file_and_field(tmp_path, mutate, message):
 def test_unparsable_file(tmp_path):
     path = _write(tmp_path, "BLOCK MASS\n 1000022 100.0\n 1000021 1000.0\n"
                             "DECAY 1000021 1.0\n 1.0 3 1 -1\n")  # 3 daughters announced, 2 given
-    with pytest.raises(SLHAError, match="malformed SLHA, pyslha cannot parse it"):
+    with pytest.raises(SLHAError, match=r"bad.slha:5: DECAY 1000021 channel '1 -1': NDA 3 "
+                                        "does not match 2 daughter ids"):
         read_slha(path)
 
 

@@ -1,0 +1,366 @@
+"""Any SLHA file SModelS takes, scored with the physics it contains (issue 13).
+
+A file is a *proto-model* (``slha.read_slha``: the walker's model space, with its
+channel menus, walls and prompt decays) only if it carries the project's marker
+(``slha_document.MARKER``) and reads back exactly (``is_proto_model``).  Every other file
+is a ``GeneralModel``: SModelS gets its own masses (absolute values: a negative mass
+eigenvalue is the SLHA sign convention of a CP phase), total widths (SModelS' prompt and
+stable thresholds, 1e-11 and 1e-25 GeV, decide what is prompt, long-lived or stable, so
+HSCP, R-hadron, disappearing-track and displaced results apply), decays, QNUMBERS blocks
+and XSECTION blocks, through ``predictor.predict_slha_text``; the critic, combiner and K
+are the walker's.
+
+Cross sections follow SModelS (``smodels.base.crossSection.getXsecFromSLHAFile`` then
+``XSectionList.removeLowerOrder``): per process and sqrts the highest QCD order, and of
+several lines of that order (scale or PDF variations) the largest value, whatever the
+line order.  A file without any XSECTION block gets the reference tables' cross sections,
+and only for gluinos and the squarks of the walker's tables (their production does not
+depend on mixing); electroweak states, right-handed light squarks and sleptons then get
+none, and the report names every such particle rather than guess a wino or higgsino
+table for an unknown mixture.
+
+The prior (SPEC section 5, the paper's exp(-(N_p/2 + N_BR/4 + N_ssm/8))) counts:
+N_p the BSM particles other than the LSP that are produced (a cross section above 0) or
+appear in the decay chain of a produced particle, so decoupled states (parked at 5-10
+TeV without a cross section) do not count; N_BR per counted particle its distinct
+non-zero BRs minus one (``significance.BR_TOLERANCE``); N_ssm the distinct multipliers of
+the produced processes, 1 unless the project's SSM block says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Set, Tuple
+
+from .exceptions import SLHAError
+from .slha_document import SLHADocument, mass_entries, read_document, ssm_entries
+
+PROMPT_WIDTH_GEV = 1e-11  # SModelS' default: wider decays are prompt
+STABLE_WIDTH_GEV = 1e-25  # SModelS' default: narrower particles are stable
+BSM_PID = 1000000  # |pid| at and above: BSM (SUSY numbering); QNUMBERS add others
+#: Particles whose reference cross sections do not depend on mixing (module docstring).
+STRONG = (1000001, 1000002, 1000003, 1000004, 1000005, 2000005, 1000006, 2000006, 1000021)
+GRAVITINO = 1000039
+
+XsecKey = Tuple[int, Tuple[int, ...]]  # (sqrts in TeV, sorted final-state pids)
+
+
+@dataclass
+class ProcessXsec:
+    """The cross section SModelS uses for one process at one sqrts."""
+
+    value_pb: float
+    order: int  # QCD order (0 LO, 1 NLO, 2 NLO+NLL, ...); -1 for reference tables
+    source: str  # "XSECTION line N" or "reference table"
+    lines: int = 1  # how many lines of that order the file had
+
+
+@dataclass
+class GeneralModel:
+    """A model as SModelS sees it (module docstring).  Masses in GeV (absolute), widths
+    in GeV, cross sections in pb."""
+
+    path: str
+    masses: Dict[int, float]
+    widths: Dict[int, float]
+    decays: Dict[int, List[Tuple[float, Tuple[int, ...]]]]
+    xsecs: Dict[XsecKey, ProcessXsec]
+    qnumbers: Dict[int, List[str]]  # pid -> its QNUMBERS block's lines, as SLHA text
+    ssm: Dict[Tuple[int, ...], float] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def lsp(self) -> int:
+        """The lightest BSM particle (ties: the lower pid)."""
+        return min(self.masses, key=lambda pid: (self.masses[pid], pid))
+
+    def produced(self) -> Set[int]:
+        """Particles with a cross section above 0 (either charge state counts)."""
+        return {abs(p) for (_, final), x in self.xsecs.items() if x.value_pb > 0
+                for p in final}
+
+    def in_chains(self) -> Set[int]:
+        """The produced particles and every BSM particle in their decay chains."""
+        seen, todo = set(), [p for p in self.produced() if p in self.masses]
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            for br, daughters in self.decays.get(pid, []):
+                todo.extend(abs(d) for d in daughters
+                            if br > 0 and abs(d) in self.masses and abs(d) not in seen)
+        return seen
+
+    def long_lived(self) -> Dict[int, str]:
+        """BSM particles SModelS does not treat as prompt: pid -> 'stable' or 'long-lived'."""
+        kinds = {}
+        for pid in self.masses:
+            width = self.widths.get(pid, 0.0)
+            if pid == self.lsp and width == 0:
+                continue  # the LSP: stable by construction, the missing energy
+            if width < STABLE_WIDTH_GEV:
+                kinds[pid] = "stable"
+            elif width < PROMPT_WIDTH_GEV:
+                kinds[pid] = "long-lived"
+        return kinds
+
+    def without_xsec(self) -> List[int]:
+        """BSM particles other than the LSP that no process produces and no produced
+        particle decays to, below 5 TeV: states the file may mean to be produced (e.g.
+        electroweak ones in a file without XSECTION blocks) but that SModelS will not see."""
+        reached = self.in_chains()
+        return sorted(p for p in self.masses
+                      if p != self.lsp and p not in reached and self.masses[p] < 5000.0)
+
+    def multiplier(self, key: Tuple[int, ...]) -> float:
+        return self.ssm.get(tuple(sorted(key)), 1.0)
+
+    def prior_terms(self) -> Dict[str, int]:
+        """N_p, N_BR, N_ssm as the module docstring counts them."""
+        from .significance import BR_TOLERANCE, MIN_XSEC_FB, SSM_TOLERANCE, _distinct
+
+        counted = self.in_chains() - {self.lsp}
+        n_brs = 0
+        for pid in counted:
+            nonzero = [br for br, _ in self.decays.get(pid, []) if br > 1e-9]
+            n_brs += max(_distinct(nonzero, BR_TOLERANCE) - 1, 0)
+        multipliers = {final: self.multiplier(final) for (_, final), x in self.xsecs.items()
+                       if x.value_pb * 1000.0 > MIN_XSEC_FB}
+        n_ssm = _distinct(list(multipliers.values()), SSM_TOLERANCE)
+        return {"particles": len(counted), "brs": n_brs, "ssms": n_ssm}
+
+    def smodels_text(self) -> str:
+        """The SLHA text SModelS reads: masses (absolute), decays with their widths, one
+        XSECTION line per process and sqrts (the resolved one), QNUMBERS blocks.  Value
+        lines are indented, so pyslha reads them whatever the user's file did."""
+        lines = [f"# {self.path}: as protomodels gives it to SModelS", "BLOCK MASS"]
+        lines += [f"  {pid:>9d}  {mass!r}" for pid, mass in sorted(self.masses.items())]
+        for pid in sorted(self.masses):
+            lines.append(f"DECAY {pid:>9d}  {self.widths.get(pid, 0.0)!r}")
+            for br, daughters in self.decays.get(pid, []):
+                ids = " ".join(f"{d:>9d}" for d in daughters)
+                lines.append(f"   {br!r}  {len(daughters)}  {ids}")
+        for pid, block in sorted(self.qnumbers.items()):
+            lines += block
+        for (sqrts, final), x in sorted(self.xsecs.items()):
+            if x.value_pb <= 0:
+                continue
+            lines.append(f"XSECTION  {sqrts * 1000.0:.1f}  2212 2212 {len(final)} "
+                         + " ".join(str(p) for p in final))
+            lines.append(f"  0  {max(x.order, 0)}  0  0  0  0  "
+                         f"{x.value_pb * self.multiplier(final)!r}  protomodels")
+        return "\n".join(lines) + "\n"
+
+    def smodels_particles(self) -> List[Any]:
+        """SModelS' MSSM particles plus the gravitino and every QNUMBERS-defined state
+        (SModelS' own QNUMBERS reader), for ``predictor.decompose``."""
+        from smodels.base.particle import Particle
+        from smodels.share.models import mssm
+
+        particles = list(mssm.BSMList)
+        known = {abs(p.pdg) for p in particles if isinstance(p.pdg, int)}
+        if GRAVITINO in self.masses and GRAVITINO not in known and GRAVITINO not in self.qnumbers:
+            particles.append(Particle(isSM=False, label="gravitino", pdg=GRAVITINO, eCharge=0,
+                                      colordim=1, spin=1.5))
+        extra = {pid: block for pid, block in self.qnumbers.items() if abs(pid) not in known}
+        if extra:
+            from smodels.tools.particlesLoader import getParticlesFromSLHA
+
+            with tempfile.NamedTemporaryFile("w", suffix=".slha", delete=False) as handle:
+                handle.write("\n".join(line for block in extra.values() for line in block) + "\n")
+            try:
+                particles += getParticlesFromSLHA(handle.name)
+            finally:
+                os.unlink(handle.name)
+        return particles
+
+    def report(self) -> Dict[str, Any]:
+        """What ``significance --json`` adds for a general model."""
+        names = _names()
+        return {
+            "lsp": self.lsp,
+            "long_lived": {str(p): k for p, k in sorted(self.long_lived().items())},
+            "xsec_sources": [{"sqrts_tev": s, "process": list(final), "pb": x.value_pb,
+                              "qcd_order": x.order, "source": x.source,
+                              **({"lines_of_that_order": x.lines} if x.lines > 1 else {})}
+                             for (s, final), x in sorted(self.xsecs.items())],
+            "without_xsec": [{"pid": p, "name": names.get(p, str(p)), "mass_gev": self.masses[p]}
+                             for p in self.without_xsec()],
+            "notes": list(self.notes),
+        }
+
+
+def _names() -> Dict[int, str]:
+    from .model import NAMES
+
+    return dict(NAMES)
+
+
+def from_document(doc: SLHADocument) -> GeneralModel:
+    """A ``GeneralModel`` from a parsed SLHA document.  SLHAError (one line: file, line,
+    block, entry, value) for a file SModelS could not take either: no BSM particle, a
+    decay or cross section of a particle without a mass, BRs far from summing to 1."""
+    entries = mass_entries(doc)
+    bsm = {pid for pid in entries if abs(pid) >= BSM_PID} | {abs(p) for p in doc.qnumbers}
+    masses: Dict[int, float] = {}
+    for pid, (mass, line) in entries.items():
+        if abs(pid) in bsm:
+            masses[abs(pid)] = abs(mass)
+    if not masses:
+        raise SLHAError(f"{doc.path}: BLOCK MASS has no BSM particle (|PDG| >= {BSM_PID} or "
+                        "defined by a QNUMBERS block)")
+    widths: Dict[int, float] = {}
+    decays: Dict[int, List[Tuple[float, Tuple[int, ...]]]] = {}
+    for pid, table in doc.decays.items():
+        if abs(pid) not in masses:
+            continue  # SM and Higgs decays: SModelS does not use them
+        total = sum(c.br for c in table.channels)
+        if table.channels and abs(total - 1.0) > 0.01:
+            raise doc.error(table.line, f"DECAY {pid}: branching ratios sum to {total:.4g}, "
+                                        "not 1")
+        for channel in table.channels:
+            for d in channel.daughters:
+                if abs(d) >= BSM_PID and abs(d) not in masses:
+                    raise doc.error(channel.line, f"DECAY {pid} daughter {d} has no entry in "
+                                                  "BLOCK MASS")
+        widths[abs(pid)] = table.width
+        decays[abs(pid)] = [(c.br, c.daughters) for c in table.channels]
+    xsecs, notes = _resolve_xsecs(doc, masses)
+    ssm = ssm_entries(doc)
+    qnumbers = {pid: _qnumbers_text(doc, pid) for pid in doc.qnumbers}
+    model = GeneralModel(path=doc.path, masses=masses, widths=widths, decays=decays,
+                         xsecs=xsecs, qnumbers=qnumbers, ssm=ssm, notes=notes)
+    for pid in masses:
+        if pid not in doc.decays and pid != model.lsp:
+            model.notes.append(f"{pid} has no DECAY block: SModelS treats it as stable")
+    return model
+
+
+def _qnumbers_text(doc: SLHADocument, pid: int) -> List[str]:
+    block = doc.qnumbers[pid]
+    return ([f"BLOCK QNUMBERS {' '.join(block.argument)}"]
+            + ["   " + " ".join(entry.tokens) for entry in block.lines])
+
+
+def _resolve_xsecs(doc: SLHADocument, masses: Dict[int, float]
+                   ) -> Tuple[Dict[XsecKey, ProcessXsec], List[str]]:
+    """Per process and sqrts: the highest QCD order, of it the largest value (SModelS)."""
+    chosen: Dict[XsecKey, ProcessXsec] = {}
+    notes: List[str] = []
+    for x in doc.xsections:
+        if x.initial != (2212, 2212):
+            notes.append(f"XSECTION at line {x.line}: initial state {x.initial} is not pp; "
+                         "ignored (SModelS uses pp cross sections)")
+            continue
+        if any(abs(p) >= BSM_PID and abs(p) not in masses for p in x.final):
+            raise doc.error(x.line, f"XSECTION {' '.join(map(str, x.final))}: particle without "
+                                    "an entry in BLOCK MASS")
+        sqrts = x.sqrts_gev / 1000.0
+        key = (int(round(sqrts)) if abs(sqrts - round(sqrts)) < 1e-5 else sqrts,
+               tuple(sorted(x.final)))
+        current = chosen.get(key)
+        if current is None or x.order > current.order:
+            chosen[key] = ProcessXsec(x.value_pb, x.order, f"XSECTION line {x.line}")
+        elif x.order == current.order:
+            current.lines += 1
+            if x.value_pb > current.value_pb:
+                current.value_pb, current.source = x.value_pb, f"XSECTION line {x.line}"
+    for x in chosen.values():
+        if x.lines > 1:
+            notes.append(f"{x.lines} lines of one QCD order for one process: the largest, "
+                         f"{x.source}, is used (as SModelS does)")
+    if not doc.xsections:
+        chosen = _reference_strong(masses)
+        notes.append("no XSECTION block: reference cross sections for gluinos and squarks "
+                     "only (electroweak production depends on mixing the file does not give)")
+    return chosen, notes
+
+
+def _reference_strong(masses: Dict[int, float]) -> Dict[XsecKey, ProcessXsec]:
+    from .xsec import reference_xsecs
+
+    strong = {pid: m for pid, m in masses.items() if pid in STRONG and m < 5000.0}
+    out: Dict[XsecKey, ProcessXsec] = {}
+    if not strong:
+        return out
+    for sqrts in (8, 13):
+        for final, value in reference_xsecs(strong, sqrts).items():
+            out[(sqrts, tuple(sorted(final)))] = ProcessXsec(value, -1, "reference table")
+    return out
+
+
+def read_general(path) -> GeneralModel:
+    """``from_document(read_document(path))``."""
+    return from_document(read_document(path))
+
+
+def is_proto_model(doc: SLHADocument):
+    """The ProtoModel of ``doc`` if it carries the marker and reads back exactly (written
+    again by ``slha.to_slha`` it gives the same masses, decays, multipliers and cross
+    sections to 1e-12), else None."""
+    from .slha import model_from_document as proto_model, to_slha
+    from .slha_document import parse_document
+    from .xsec import effective_xsecs
+
+    if not doc.written_by_protomodels:
+        return None
+    try:
+        model = proto_model(doc)
+        again = parse_document(to_slha(model, effective_xsecs(model)), doc.path)
+    except SLHAError:
+        return None
+    return model if _same_physics(doc, again) else None
+
+
+def _same_physics(a: SLHADocument, b: SLHADocument) -> bool:
+    def close(x: float, y: float) -> bool:
+        return abs(x - y) <= 1e-12 * max(abs(x), abs(y), 1e-300)
+
+    ma, mb = mass_entries(a), mass_entries(b)
+    if ma.keys() != mb.keys() or any(not close(ma[p][0], mb[p][0]) for p in ma):
+        return False
+    if a.decays.keys() != b.decays.keys():
+        return False
+    for pid, table in a.decays.items():
+        other = b.decays[pid]
+        ca = sorted((c.daughters, c.br) for c in table.channels)
+        cb = sorted((c.daughters, c.br) for c in other.channels)
+        if not close(table.width, other.width) or len(ca) != len(cb) or any(
+                da != db or not close(x, y) for (da, x), (db, y) in zip(ca, cb)):
+            return False
+    xa = sorted((x.sqrts_gev, x.final, x.order, x.value_pb) for x in a.xsections)
+    xb = sorted((x.sqrts_gev, x.final, x.order, x.value_pb) for x in b.xsections)
+    if len(xa) != len(xb) or any(p[:3] != q[:3] or not close(p[3], q[3]) for p, q in zip(xa, xb)):
+        return False
+    sa, sb = a.blocks.get("SSM"), b.blocks.get("SSM")
+    return [e.tokens[:3] for e in (sa.lines if sa else [])] == \
+        [e.tokens[:3] for e in (sb.lines if sb else [])]
+
+
+def load_model(path):
+    """The model in the SLHA file ``path``: a ``ProtoModel`` for files the walker wrote
+    (``is_proto_model``), else a ``GeneralModel``.  SLHAError on a file SModelS could not
+    take either (one line naming file, line, block, entry, value)."""
+    return model_from_document(read_document(path))
+
+
+def load_text(text: str, name: str = "<text>"):
+    """``load_model`` of SLHA text (``name`` names it in errors)."""
+    from .slha_document import parse_document
+
+    return model_from_document(parse_document(text, name))
+
+
+def model_from_document(doc: SLHADocument):
+    """``load_model`` of a parsed document."""
+    model = is_proto_model(doc)
+    if model is not None:
+        return model
+    general = from_document(doc)
+    if doc.written_by_protomodels:
+        general.notes.append("carries the protomodels marker but does not read back as a "
+                             "proto-model (edited by hand?): scored as a general model")
+    return general
