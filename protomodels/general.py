@@ -165,6 +165,17 @@ class GeneralModel:
         if GRAVITINO in self.masses and GRAVITINO not in known and GRAVITINO not in self.qnumbers:
             particles.append(Particle(isSM=False, label="gravitino", pdg=GRAVITINO, eCharge=0,
                                       colordim=1, spin=1.5))
+        unknown = sorted(p for p in self.masses
+                         if p not in known and p not in self.qnumbers and p != GRAVITINO)
+        used = [p for p in unknown if p in self.in_chains() or p == self.lsp]
+        if used:
+            raise SLHAError(f"{self.path}: BLOCK MASS entry {used[0]} is not a particle of "
+                            "SModelS' MSSM and has no QNUMBERS block; SModelS would drop it "
+                            "and every decay into it: add a QNUMBERS block")
+        for pid in unknown:
+            note = f"{pid} is unknown to SModelS (no QNUMBERS block) and not produced: ignored"
+            if note not in self.notes:
+                self.notes.append(note)
         extra = {pid: block for pid, block in self.qnumbers.items() if abs(pid) not in known}
         if extra:
             from smodels.tools.particlesLoader import getParticlesFromSLHA
@@ -240,9 +251,32 @@ def from_document(doc: SLHADocument) -> GeneralModel:
 
 
 def _qnumbers_text(doc: SLHADocument, pid: int) -> List[str]:
+    """A QNUMBERS block as SModelS' reader needs it: every line ends in a comment (its
+    ``getParticlesFromSLHA`` cuts each line at ``find('#')``, so a line without one loses
+    its last character), and the header names the particle."""
     block = doc.qnumbers[pid]
-    return ([f"BLOCK QNUMBERS {' '.join(block.argument)}"]
-            + ["   " + " ".join(entry.tokens) for entry in block.lines])
+    entries = []
+    for entry in block.lines:
+        if len(entry.tokens) < 2:
+            raise doc.error(entry.line, f"BLOCK QNUMBERS {pid} entry {' '.join(entry.tokens)!r}:"
+                                        " expected <index> <value>")
+        index = _integer_token(doc, entry.line, entry.tokens[0], f"BLOCK QNUMBERS {pid} index")
+        value = _integer_token(doc, entry.line, entry.tokens[1],
+                               f"BLOCK QNUMBERS {pid} entry {index}")
+        entries.append((index, value))
+    missing = {1, 2, 3} - {i for i, _ in entries}
+    if missing:
+        raise doc.error(block.line, f"BLOCK QNUMBERS {pid} lacks entries {sorted(missing)} "
+                                    "(3 x charge, 2S+1, colour)")
+    return ([f"BLOCK QNUMBERS {pid}  # X{abs(pid)}"]
+            + [f"   {i}  {v}  #" for i, v in entries])
+
+
+def _integer_token(doc: SLHADocument, line: int, token: str, what: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise doc.error(line, f"{what} is {token!r}, not an integer") from None
 
 
 def _resolve_xsecs(doc: SLHADocument, masses: Dict[int, float]
