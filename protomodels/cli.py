@@ -199,7 +199,9 @@ def format_significance(report: Dict[str, Any]) -> str:
     ]
     general = report.get("model", {})
     if general.get("kind") == "general":
-        extra = [f"  general model (not a proto-model): LSP {general['lsp']}"]
+        extra = [f"  general model (not a proto-model): LSP {general['lsp']}; the prior "
+                 f"counts {', '.join(map(str, general['prior_counted'])) or 'nothing'} "
+                 "(produced or in a produced particle's decay chain)"]
         if general["long_lived"]:
             extra.append("  not prompt: " + ", ".join(f"{p} ({k})" for p, k
                                                       in general["long_lived"].items()))

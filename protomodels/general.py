@@ -193,6 +193,7 @@ class GeneralModel:
         names = _names()
         return {
             "lsp": self.lsp,
+            "prior_counted": sorted(self.in_chains() - {self.lsp}),
             "long_lived": {str(p): k for p, k in sorted(self.long_lived().items())},
             "xsec_sources": [{"sqrts_tev": s, "process": list(final), "pb": x.value_pb,
                               "qcd_order": x.order, "source": x.source,
