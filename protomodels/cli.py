@@ -45,7 +45,7 @@ def _handle_errors(func: Callable) -> Callable:
         except ProtomodelsError as error:
             if ctx.obj.get("verbose"):
                 logger.exception("error")
-            click.echo(f"Error: {error}", err=True)
+            click.echo("Error: " + " ".join(str(error).split("\n")), err=True)  # one line
             ctx.exit(1)
     return wrapper
 
