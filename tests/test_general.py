@@ -70,3 +70,23 @@ def test_decoupled_particles_do_not_count_in_the_prior():
         "DECAY 1000001 1.0\n  1.0 2 1000022 1\n" + QNUMBERS
     model = load_text(text)
     assert model.prior_terms() == {"particles": 2, "brs": 0, "ssms": 1}  # gluino, XZ1
+
+
+def test_a_gravitino_lsp_is_known_to_smodels():
+    text = """\
+BLOCK MASS
+  1000039  1.0E-09
+  1000022  300.0
+  1000021  1500.0
+DECAY 1000039 0.0
+DECAY 1000022 1.0E-3
+  1.0 2 1000039 22
+DECAY 1000021 1.0
+  1.0 3 1000022 1 -1
+XSECTION 13000 2212 2212 2 1000021 1000021
+  0 2 0 0 0 0 0.01 x
+"""
+    model = load_text(text)
+    assert model.lsp == 1000039
+    _, top = decompose(model.smodels_text(), model.smodels_particles())
+    assert "gravitino" in str(top) and "photon" in str(top)
