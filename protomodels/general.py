@@ -43,6 +43,9 @@ BSM_PID = 1000000  # |pid| at and above: BSM (SUSY numbering); QNUMBERS add othe
 #: Particles whose reference cross sections do not depend on mixing (module docstring).
 STRONG = (1000001, 1000002, 1000003, 1000004, 1000005, 2000005, 1000006, 2000006, 1000021)
 GRAVITINO = 1000039
+#: SModelS' Standard Model particles (``smodels.share.models.SMparticles.SMList``): a
+#: QNUMBERS block for one of them does not make it BSM (SModelS ignores such blocks).
+SM_PIDS = frozenset((1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16, 21, 22, 23, 24, 25, 111, 211))
 
 XsecKey = Tuple[int, Tuple[int, ...]]  # (sqrts in TeV, sorted final-state pids)
 
@@ -216,7 +219,8 @@ def from_document(doc: SLHADocument) -> GeneralModel:
     block, entry, value) for a file SModelS could not take either: no BSM particle, a
     decay or cross section of a particle without a mass, BRs far from summing to 1."""
     entries = mass_entries(doc)
-    bsm = {pid for pid in entries if abs(pid) >= BSM_PID} | {abs(p) for p in doc.qnumbers}
+    bsm = ({pid for pid in entries if abs(pid) >= BSM_PID}
+           | {abs(p) for p in doc.qnumbers if abs(p) not in SM_PIDS})
     masses: Dict[int, float] = {}
     for pid, (mass, line) in entries.items():
         if abs(pid) in bsm:
@@ -242,7 +246,8 @@ def from_document(doc: SLHADocument) -> GeneralModel:
         decays[abs(pid)] = [(c.br, c.daughters) for c in table.channels]
     xsecs, notes = _resolve_xsecs(doc, masses)
     ssm = ssm_entries(doc)
-    qnumbers = {pid: _qnumbers_text(doc, pid) for pid in doc.qnumbers}
+    qnumbers = {pid: _qnumbers_text(doc, pid) for pid in doc.qnumbers
+                if abs(pid) not in SM_PIDS}
     model = GeneralModel(path=doc.path, masses=masses, widths=widths, decays=decays,
                          xsecs=xsecs, qnumbers=qnumbers, ssm=ssm, notes=notes)
     for pid in masses:

@@ -44,9 +44,10 @@ def case(name: str) -> Path:
     return path
 
 
-def direct_smodels_r(path: Path, smodels_db):
+def direct_smodels_r(path: Path, smodels_db, particles=None):
     """Max r_obs per (analysis id, "UL"/"EM") from SModelS' own pipeline on ``path``:
-    upper-limit results and efficiency maps' best signal regions (combinedResults=False)."""
+    upper-limit results and efficiency maps' best signal regions (combinedResults=False);
+    ``particles``: SModelS' BSM particles (default: its MSSM)."""
     from smodels.base.model import Model
     from smodels.base.physicsUnits import GeV, fb
     from smodels.decomposition import decomposer
@@ -55,7 +56,7 @@ def direct_smodels_r(path: Path, smodels_db):
     from smodels.share.models.SMparticles import SMList
     from smodels.statistics.basicStats import observed
 
-    model = Model(BSMparticles=BSMList, SMparticles=SMList)
+    model = Model(BSMparticles=BSMList if particles is None else particles, SMparticles=SMList)
     model.updateParticles(inputFile=str(path))
     top = decomposer.decompose(model, sigmacut=0.005 * fb, massCompress=True,
                                invisibleCompress=True, minmassgap=5 * GeV)
