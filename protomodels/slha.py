@@ -21,7 +21,8 @@ from .atomic import write_text_atomic
 from .exceptions import ModelError, SLHAError
 from .model import (CHANNELS, FROZEN_MASS, LINE_TO_CHANNEL, LSP, NAMES, ProtoModel,
                     channel_spec, pair_key, ssm_key)
-from .slha_document import MARKER, SLHADocument, mass_entries, read_document, ssm_entries
+from .slha_document import (MARKER, SLHADocument, mass_entries, read_document,
+                            resolved_xsections, ssm_entries)
 
 DECOUPLED_MASS = 1e5  # GeV: heavier particles count as frozen
 PROMPT_WIDTH = 1.0  # GeV, total width written for unfrozen non-LSP particles
@@ -138,22 +139,19 @@ def _read_ssm(doc: SLHADocument) -> Dict[Tuple[int, int], float]:
 
 
 def _read_xsecs(doc: SLHADocument, ssm: Mapping[Tuple[int, int], float]) -> Xsecs | None:
-    """Reference-equivalent cross sections (pb) from XSECTION blocks: per process and sqrts
-    the highest QCD order and of it the largest value, as SModelS (``general``)."""
+    """Reference-equivalent cross sections (pb) from XSECTION blocks, resolved as SModelS
+    does (``slha_document.resolved_xsections``), divided by the multipliers."""
     if not doc.xsections:
         return None
-    best: Dict[Tuple[int, Tuple[int, int]], Tuple[int, float]] = {}
-    for x in doc.xsections:
+    xsecs: Xsecs = {}
+    for (sqrts, _), (x, _) in resolved_xsections(doc).items():
         if len(x.final) != 2:
             raise doc.error(x.line, f"XSECTION for {list(x.final)}: only 2 -> 2 processes are "
                                     "supported")
+        if sqrts not in SQRTS:
+            raise doc.error(x.line, f"XSECTION at {x.sqrts_gev:g} GeV: proto-models have "
+                                    f"cross sections at {' and '.join(map(str, SQRTS))} TeV only")
         key = pair_key(*x.final)
-        sqrts = int(round(x.sqrts_gev / 1000.0))
-        candidate = (x.order, x.value_pb)
-        if (sqrts, key) not in best or candidate > best[(sqrts, key)]:
-            best[(sqrts, key)] = candidate
-    xsecs: Xsecs = {}
-    for (sqrts, key), (_, value) in best.items():
         multiplier = ssm.get(ssm_key(*key), 1.0)
-        xsecs[(sqrts, key)] = value / multiplier if multiplier > 0 else 0.0
+        xsecs[(sqrts, key)] = x.value_pb / multiplier if multiplier > 0 else 0.0
     return xsecs

@@ -23,6 +23,7 @@ line ends are blanks.  Blocks the project does not read are kept as raw lines.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -31,11 +32,16 @@ from .exceptions import SLHAError
 
 #: The first line of every file the project writes (``slha.to_slha``).
 MARKER = "# SLHA file written by protomodels"
+#: Numbers as Fortran and C print them (Python's ``float`` would also take '1_5', 'nan'
+#: and non-ASCII digits, none of which a spectrum generator writes).
+_REAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
+_INTEGER = re.compile(r"[+-]?\d+\Z")
+NEGATIVE_BR_TOLERANCE = 1e-6  # generators write BRs like -1e-10: read as 0
 
 
 @dataclass
 class BlockLine:
-    """One data line of a BLOCK: its tokens (comment removed) and line number."""
+    """One data line of a BLOCK: its tokens (comment removed) and line number (1-based)."""
 
     tokens: List[str]
     line: int
@@ -43,6 +49,8 @@ class BlockLine:
 
 @dataclass
 class Block:
+    """A BLOCK as written: its name, header arguments and data lines."""
+
     name: str  # upper case
     line: int
     argument: List[str] = field(default_factory=list)  # e.g. QNUMBERS' pid, or Q= scale
@@ -51,6 +59,8 @@ class Block:
 
 @dataclass
 class DecayChannel:
+    """One decay line: BR, daughter PDG codes (signed, as written), line number."""
+
     br: float
     daughters: Tuple[int, ...]
     line: int
@@ -58,6 +68,8 @@ class DecayChannel:
 
 @dataclass
 class DecayTable:
+    """A DECAY table: the particle's signed PDG code, total width (GeV), channels."""
+
     pid: int
     width: float  # GeV
     line: int
@@ -79,10 +91,12 @@ class XsecLine:
 
 @dataclass
 class SLHADocument:
+    """A parsed SLHA file: what was written, nothing interpreted (module docstring)."""
+
     path: str
     header: List[str]  # comment lines before the first block
     blocks: Dict[str, Block]  # upper-case name -> block (QNUMBERS live in ``qnumbers``)
-    qnumbers: Dict[int, Block]  # pid -> its QNUMBERS block
+    qnumbers: Dict[int, Block]  # |pid| -> its QNUMBERS block
     decays: Dict[int, DecayTable]
     xsections: List[XsecLine]
 
@@ -98,6 +112,8 @@ def read_document(path) -> SLHADocument:
     """Parse the SLHA file ``path``.  SLHAError (one line: file, line, block, entry, value)
     for a missing or unreadable file and for any syntax the format does not allow."""
     path = Path(path)
+    if path.is_dir():
+        raise SLHAError(f"{path}: is a directory, not an SLHA file")
     if not path.is_file():
         raise SLHAError(f"{path}: no such file")
     try:
@@ -147,27 +163,25 @@ def parse_document(text: str, path: str = "<text>") -> SLHADocument:
 
 
 def _number(doc: SLHADocument, line: int, token: str, what: str) -> float:
-    try:
-        value = float(token)
-    except ValueError:
-        raise doc.error(line, f"{what} is {token!r}, not a number") from None
-    if math.isnan(value) or math.isinf(value):
+    if not _REAL.match(token):
+        raise doc.error(line, f"{what} is {token!r}, not a number")
+    value = float(token)
+    if math.isinf(value):
         raise doc.error(line, f"{what} is {token!r}, not a finite number")
     return value
 
 
-def _integer(doc: SLHADocument, line: int, token: str, what: str) -> int:
-    try:
+def parse_integer(doc: SLHADocument, line: int, token: str, what: str) -> int:
+    """``token`` as an integer (also written as a float, e.g. 1.000022E+06, as some tools
+    do); SLHAError naming ``what`` otherwise."""
+    if _INTEGER.match(token):
         return int(token)
-    except ValueError:
-        pass
-    try:  # PDG codes written as floats, e.g. 1.000022E+06, as some tools do
+    if _REAL.match(token):
         value = float(token)
-    except ValueError:
-        value = math.nan
-    if math.isfinite(value) and value == int(value):
-        return int(value)
+        if math.isfinite(value) and value == int(value):
+            return int(value)
     raise doc.error(line, f"{what} is {token!r}, not an integer")
+
 
 
 def _open_block(doc: SLHADocument, tokens: List[str], line: int) -> Block:
@@ -178,7 +192,7 @@ def _open_block(doc: SLHADocument, tokens: List[str], line: int) -> Block:
     if name == "QNUMBERS":
         if not block.argument:
             raise doc.error(line, "BLOCK QNUMBERS without a particle id")
-        pid = _integer(doc, line, block.argument[0], "BLOCK QNUMBERS particle id")
+        pid = abs(parse_integer(doc, line, block.argument[0], "BLOCK QNUMBERS particle id"))
         if pid in doc.qnumbers:
             raise doc.error(line, f"BLOCK QNUMBERS {pid} appears twice (first at line "
                                   f"{doc.qnumbers[pid].line})")
@@ -194,7 +208,7 @@ def _open_block(doc: SLHADocument, tokens: List[str], line: int) -> Block:
 def _open_decay(doc: SLHADocument, tokens: List[str], line: int) -> DecayTable:
     if len(tokens) < 3:
         raise doc.error(line, f"DECAY line {' '.join(tokens)!r}: expected DECAY <pid> <width>")
-    pid = _integer(doc, line, tokens[1], "DECAY particle id")
+    pid = parse_integer(doc, line, tokens[1], "DECAY particle id")
     width = _number(doc, line, tokens[2], f"DECAY {pid} total width")
     if width < 0:
         raise doc.error(line, f"DECAY {pid} total width is {tokens[2]}, negative")
@@ -211,13 +225,15 @@ def _decay_channel(doc: SLHADocument, table: DecayTable, tokens: List[str],
     if len(tokens) < 3:
         raise doc.error(line, f"{where} line {' '.join(tokens)!r}: expected <BR> <NDA> <ids>")
     br = _number(doc, line, tokens[0], f"{where} branching ratio")
+    if -NEGATIVE_BR_TOLERANCE <= br < 0:
+        br = 0.0
     if br < 0 or br > 1 + 1e-6:
         raise doc.error(line, f"{where} branching ratio is {tokens[0]}, outside [0, 1]")
-    nda = _integer(doc, line, tokens[1], f"{where} number of daughters")
+    nda = parse_integer(doc, line, tokens[1], f"{where} number of daughters")
     if nda < 1 or len(tokens) != 2 + nda:
         raise doc.error(line, f"{where} channel {' '.join(tokens[2:])!r}: NDA {tokens[1]} "
                               f"does not match {len(tokens) - 2} daughter ids")
-    daughters = tuple(_integer(doc, line, t, f"{where} daughter id") for t in tokens[2:])
+    daughters = tuple(parse_integer(doc, line, t, f"{where} daughter id") for t in tokens[2:])
     return DecayChannel(br=br, daughters=daughters, line=line)
 
 
@@ -228,13 +244,13 @@ def _open_xsection(doc: SLHADocument, tokens: List[str], line: int):
     sqrts = _number(doc, line, tokens[1], "XSECTION sqrts (GeV)")
     if sqrts <= 0:
         raise doc.error(line, f"XSECTION sqrts is {tokens[1]}, not positive")
-    initial = (_integer(doc, line, tokens[2], "XSECTION initial id"),
-               _integer(doc, line, tokens[3], "XSECTION initial id"))
-    n_final = _integer(doc, line, tokens[4], "XSECTION number of final-state particles")
+    initial = (parse_integer(doc, line, tokens[2], "XSECTION initial id"),
+               parse_integer(doc, line, tokens[3], "XSECTION initial id"))
+    n_final = parse_integer(doc, line, tokens[4], "XSECTION number of final-state particles")
     if n_final < 1 or len(tokens) != 5 + n_final:
         raise doc.error(line, f"XSECTION final state {' '.join(tokens[5:])!r} does not match "
                               f"its count {tokens[4]}")
-    final = tuple(_integer(doc, line, t, "XSECTION final-state id") for t in tokens[5:])
+    final = tuple(parse_integer(doc, line, t, "XSECTION final-state id") for t in tokens[5:])
     return (sqrts, initial, final, line)
 
 
@@ -245,7 +261,7 @@ def _xsec_value(doc: SLHADocument, header, tokens: List[str], line: int,
     if len(tokens) < 7:
         raise doc.error(line, f"{where} value line {' '.join(tokens)!r}: expected <scale> "
                               "<QCD order> <EW order> <kappa_f> <kappa_r> <PDF> <value> [code]")
-    order = _integer(doc, line, tokens[1], f"{where} QCD order")
+    order = parse_integer(doc, line, tokens[1], f"{where} QCD order")
     value = _number(doc, line, tokens[6], f"{where} value (pb)")
     if value < 0:
         raise doc.error(line, f"{where} value is {tokens[6]} pb, negative")
@@ -262,11 +278,11 @@ def mass_entries(doc: SLHADocument) -> Dict[int, Tuple[float, int]]:
         raise SLHAError(f"{doc.path}: no MASS block")
     masses: Dict[int, Tuple[float, int]] = {}
     for entry in block.lines:
-        if len(entry.tokens) < 2:
+        if len(entry.tokens) != 2:
             raise doc.error(entry.line, f"BLOCK MASS entry {' '.join(entry.tokens)!r}: "
                                         "expected <pid> <mass>")
         key = entry.tokens[0]
-        pid = _integer(doc, entry.line, key, f"BLOCK MASS entry {key!r}: the particle id")
+        pid = parse_integer(doc, entry.line, key, f"BLOCK MASS entry {key!r}: the particle id")
         mass = _number(doc, entry.line, entry.tokens[1], f"BLOCK MASS entry {pid}: the mass")
         if pid in masses:
             raise doc.error(entry.line, f"BLOCK MASS entry {pid} appears twice (first at line "
@@ -286,14 +302,30 @@ def ssm_entries(doc: SLHADocument) -> Dict[Tuple[int, ...], float]:
         if len(entry.tokens) < 3:
             raise doc.error(entry.line, f"BLOCK SSM entry {' '.join(entry.tokens)!r}: expected "
                                         "<pid> <pid> <multiplier>")
-        try:
-            a, b = int(entry.tokens[0]), int(entry.tokens[1])
-            value = float(entry.tokens[2])
-        except ValueError:
-            raise doc.error(entry.line, f"BLOCK SSM entry {' '.join(entry.tokens)!r}: expected "
-                                        "two integer ids and a number") from None
-        if not value >= 0 or math.isinf(value):
+        a = parse_integer(doc, entry.line, entry.tokens[0], "BLOCK SSM particle id")
+        b = parse_integer(doc, entry.line, entry.tokens[1], "BLOCK SSM particle id")
+        value = _number(doc, entry.line, entry.tokens[2], f"BLOCK SSM entry {a} {b}")
+        if value < 0:
             raise doc.error(entry.line, f"BLOCK SSM entry {a} {b} is {entry.tokens[2]}: a "
                                         "multiplier must be a finite number >= 0")
         ssm[tuple(sorted((a, b)))] = value
     return ssm
+
+
+def resolved_xsections(doc: SLHADocument) -> Dict[Tuple[float, Tuple[int, ...]], Tuple[XsecLine, int]]:
+    """The cross section SModelS uses per (sqrts in TeV, sorted final state): of the
+    highest QCD order, the largest of its lines (``smodels.base.crossSection``:
+    ``removeDuplicates`` then ``removeLowerOrder``), never the line order; with the number
+    of lines of that order.  sqrts is an int where it is one (8, 13; 13.6 stays 13.6)."""
+    chosen: Dict[Tuple[float, Tuple[int, ...]], Tuple[XsecLine, int]] = {}
+    for x in doc.xsections:
+        sqrts = x.sqrts_gev / 1000.0
+        key = (int(round(sqrts)) if abs(sqrts - round(sqrts)) < 1e-5 else sqrts,
+               tuple(sorted(x.final)))
+        current = chosen.get(key)
+        if current is None or x.order > current[0].order:
+            chosen[key] = (x, 1)
+        elif x.order == current[0].order:
+            best = x if x.value_pb > current[0].value_pb else current[0]
+            chosen[key] = (best, current[1] + 1)
+    return chosen

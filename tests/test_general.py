@@ -90,3 +90,60 @@ XSECTION 13000 2212 2212 2 1000021 1000021
     assert model.lsp == 1000039
     _, top = decompose(model.smodels_text(), model.smodels_particles())
     assert "gravitino" in str(top) and "photon" in str(top)
+
+
+def test_a_walker_file_without_its_marker_scores_the_same(subset_db):
+    """The general path gives SModelS the same physics as the proto-model path: the file's
+    cross sections as written (its SSM block only counts in the prior, it does not multiply
+    them again)."""
+    from protomodels import significance
+    from protomodels.slha import to_slha
+    from protomodels.xsec import effective_xsecs
+
+    from . import models
+
+    model = models.gluino()
+    model.ssm = {(1000021, 1000021): 0.5}
+    text = to_slha(model, effective_xsecs(model))
+    general = load_text(text.split("\n", 1)[1], "unmarked.slha")
+    assert isinstance(general, GeneralModel)
+    proto = significance.evaluate(model, subset_db)
+    other = significance.evaluate_general(general, subset_db)
+    r = sorted((p.analysis_id, p.dataset_id, p.r_obs) for p in proto.predictions)
+    r_general = sorted((p.analysis_id, p.dataset_id, p.r_obs) for p in other.predictions)
+    assert [x[:2] for x in r] == [x[:2] for x in r_general] and r
+    for (_, _, a), (_, _, b) in zip(r, r_general):
+        assert (a is None and b is None) or b == pytest.approx(a, rel=1e-9)
+    assert other.prior_terms == proto.prior_terms
+    assert other.K == pytest.approx(proto.K, abs=1e-9)
+
+
+def test_heavy_higgs_decays_are_kept_and_qnumbers_are_checked():
+    text = """\
+BLOCK MASS
+  1000022  100.0
+  1000023  400.0
+  36  200.0
+DECAY 1000022 0.0
+DECAY 1000023 1.0
+  1.0 2 1000022 36
+DECAY 36 1.0
+  1.0 2 5 -5
+XSECTION 13000 2212 2212 2 1000023 1000023
+  0 2 0 0 0 0 0.1 x
+"""
+    model = load_text(text)
+    assert model.lsp == 1000022 and 36 in model.in_chains()
+    _, top = decompose(model.smodels_text(), model.smodels_particles())
+    assert "A0" in str(top)
+    with pytest.raises(SLHAError, match=r"QNUMBERS 1000045 lacks entries \[4\]"):
+        load_text(SINGLINO + QNUMBERS.replace("     4     0\n", ""))
+    with pytest.raises(SLHAError, match="QNUMBERS 1000045 entry 3 is 7"):
+        load_text(SINGLINO + QNUMBERS.replace("3     1", "3     7"))
+
+
+def test_antiparticle_decay_tables_are_passed_as_written():
+    text = SINGLINO.replace("DECAY 1000022 0.1", "DECAY -1000022 0.1") + QNUMBERS
+    model = load_text(text)
+    assert model.channels(1000022) == [(1.0, (1000045, 25))]
+    assert not any("no DECAY block" in note for note in model.notes)

@@ -92,7 +92,7 @@ def _sub(pattern: str, replacement: str):
 @pytest.mark.parametrize("mutate, message", [
     (_sub(r"BLOCK MASS", "BLOCK MASSX"), "no MASS block"),
     (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>-1166.0"), "MASS of Xt (1000006) is -1166.0"),
-    (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>nan"), "BLOCK MASS entry 1000006: the mass is 'nan', not a finite number"),
+    (_sub(r"(\n\s+1000006\s+)1166.0", r"\g<1>nan"), "BLOCK MASS entry 1000006: the mass is 'nan', not a number"),
     (_sub(r"(\n\s+1000022\s+)163.0", r"\g<1>abc"), "BLOCK MASS entry 1000022: the mass is 'abc', not a number"),
     (_sub(r"(\n\s+1000022\s+163.0)", r"\g<1>\n  1000035  500.0"), "particle id 1000035 at 500.0 GeV, not a proto-model candidate"),
     (_sub(r"(DECAY\s+1000001\s+1.0.*\n)\s+1.0", r"\g<1>  0.5"), "BRs of Xd sum to 0.5"),
