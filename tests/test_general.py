@@ -147,3 +147,25 @@ def test_antiparticle_decay_tables_are_passed_as_written():
     model = load_text(text)
     assert model.channels(1000022) == [(1.0, (1000045, 25))]
     assert not any("no DECAY block" in note for note in model.notes)
+
+
+def test_walker_files_of_the_benchmark_models_read_back_as_the_same_proto_models():
+    """Walker-written files keep today's path (so today's K and r): each of the 20 frozen
+    benchmark models, written as the walker writes it, reads back as a proto-model with
+    the same masses, decays, multipliers and cross sections."""
+    from protomodels.model import ProtoModel
+    from protomodels.slha import to_slha
+    from protomodels.xsec import effective_xsecs
+
+    from .models import frozen_benchmark_models
+
+    for model in frozen_benchmark_models():
+        xsecs = effective_xsecs(model)
+        again = load_text(to_slha(model, xsecs), "rank-1.slha")
+        assert isinstance(again, ProtoModel)
+        assert again.masses == model.masses and again.ssm == model.ssm
+        assert {p: d for p, d in again.decays.items() if d} == \
+            {p: {c: b for c, b in d.items() if b > 0} for p, d in model.decays.items() if d}
+        nonzero = {k: v for k, v in xsecs.items() if v > 0}  # zero ones are not written
+        assert {k: v for k, v in effective_xsecs(again).items() if v > 0} == \
+            pytest.approx(nonzero, rel=1e-12)
