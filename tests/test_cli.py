@@ -28,11 +28,12 @@ def test_version_and_help():
 
 def test_bad_slha_is_one_line_error(tmp_path):
     path = tmp_path / "broken.slha"
-    path.write_text("BLOCK MASS\n 1000022 -5.0\n")
+    path.write_text("BLOCK MASS\n 1000022 5.0x\n")
     result = run("significance", str(path))
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(path) in lines[0] and "MASS of XZ1" in lines[0]
+    assert len(lines) == 1 and str(path) in lines[0]
+    assert "BLOCK MASS entry 1000022: the mass is '5.0x', not a number" in lines[0]
     assert "Traceback" not in result.output
 
 
