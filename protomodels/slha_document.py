@@ -34,8 +34,8 @@ from .exceptions import SLHAError
 MARKER = "# SLHA file written by protomodels"
 #: Numbers as Fortran and C print them (Python's ``float`` would also take '1_5', 'nan'
 #: and non-ASCII digits, none of which a spectrum generator writes).
-_REAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
-_INTEGER = re.compile(r"[+-]?\d+\Z")
+_REAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")  # [0-9], not \d: \d also takes non-ASCII digits
 NEGATIVE_BR_TOLERANCE = 1e-6  # generators write BRs like -1e-10: read as 0
 
 

@@ -172,9 +172,28 @@ def test_general_base_reads_as_sModelS_would():
     ("BLOCK MASS\n 1000022 100\nXSECTION 13000 2212 2212 2 1000021 1000021\n"
      " 0 2 0 0 0 0 1.0\n", ["XSECTION 1000021 1000021", "BLOCK MASS"]),
     ("1000022 100\n", ["outside any BLOCK"]),
+    ("BLOCK MASS\n 1000022 1_5E+02\n", ["BLOCK MASS entry 1000022: the mass is '1_5E+02', not a number"]),
+    ("BLOCK MASS\n 1000022 \u0661\u0660\u0660\n", ["not a number"]),
+    ("BLOCK MASS\n 1000021 1500.0 1000022 300.0\n", ["expected <pid> <mass>"]),
 ])
 def test_errors_name_block_entry_and_value(text, words):
     error = read(text)
     assert isinstance(error, SLHAError)
     for word in words:
         assert word in str(error), (word, str(error))
+
+
+def test_non_pp_cross_sections_are_used_as_smodels_does_with_a_note():
+    text = GENERAL.replace("XSECTION  1.30E+04  2212 2212 2 1000021", "XSECTION  1.30E+04  2212 -2212 2 1000021")
+    model = read(text)
+    assert isinstance(model, GeneralModel)
+    assert (13, (1000021, 1000021)) in model.xsecs
+    assert any("is not pp" in note for note in model.notes)
+
+
+def test_a_width_without_channels_is_stable_and_parked_states_are_quiet():
+    text = GENERAL.replace("DECAY   1000023     1.0E-01\n     1.00000000E+00    2     1000022        25\n",
+                           "DECAY   1000023     1.0E-01\n")
+    model = read(text)
+    assert model.long_lived()[1000023] == "stable"
+    assert not any("2000001" in note for note in model.notes)  # parked at 5 TeV, not produced
