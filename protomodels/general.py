@@ -200,7 +200,8 @@ class GeneralModel:
                                       colordim=1, spin=1.5))
             known.add(GRAVITINO)
         unknown = sorted(p for p in self.masses if p not in known and p not in self.qnumbers)
-        used = [p for p in unknown if p in self.in_chains() or p == self.lsp]
+        reached = self.in_chains() | {self.lsp}
+        used = [p for p in unknown if p in reached]
         if used:
             raise SLHAError(f"{self.path}: BLOCK MASS entry {used[0]} is not a particle of "
                             "SModelS' MSSM and has no QNUMBERS block; SModelS would drop it "
@@ -352,11 +353,6 @@ def _reference_strong(masses: Dict[int, float]) -> Dict[XsecKey, ProcessXsec]:
         for final, value in reference_xsecs(strong, sqrts).items():
             out[(sqrts, tuple(sorted(final)))] = ProcessXsec(value, -1, "reference table")
     return out
-
-
-def read_general(path) -> GeneralModel:
-    """``from_document(read_document(path))``."""
-    return from_document(read_document(path))
 
 
 def is_proto_model(doc: SLHADocument):

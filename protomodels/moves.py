@@ -174,18 +174,15 @@ def _log_drawn(model: ProtoModel, pid: int, keys, space: Space, mass: bool = Tru
     return value + sum(_log_ssm_reference(model.ssm.get(k), space) for k in keys)
 
 
-def _log_mass_proposal(pid: int, mass: float, model: ProtoModel, space: Space,
-                       anchored: bool) -> float:
-    """log of Unfreeze's density (1/GeV) of drawing ``mass`` for ``pid``, given the model
-    without it.  Reference draws are uniform on the particle's range; anchored ones
-    (move mix 2) take the mass gap above the LSP from a half-normal of width
+def _log_mass_proposal(pid: int, mass: float, model: ProtoModel, space: Space) -> float:
+    """log of an anchored Unfreeze's density (1/GeV, move mix 2) of drawing ``mass`` for
+    ``pid``, given the model without it: half of the draws uniform on the particle's
+    range (the reference), half a mass gap above the LSP from a half-normal of width
     ANCHOR_WIDTH, because a search's signal depends on the gap to the LSP (its excesses
     sit at particular gaps, e.g. 200-400 GeV for CMS-SUS-20-004's XZ2 -> h XZ1): a
     uniform draw up to 2400 GeV lands in such a band a few percent of the time."""
     lo, hi = space.mass_range(pid)
     uniform = 1.0 / (hi - lo) if lo <= mass <= hi else 0.0
-    if not anchored:
-        return math.log(uniform) if uniform > 0 else -math.inf
     gap = mass - model.masses[LSP]
     half_normal = (math.sqrt(2.0 / math.pi) / ANCHOR_WIDTH
                    * math.exp(-0.5 * (gap / ANCHOR_WIDTH) ** 2)) if gap >= 0 else 0.0
@@ -200,7 +197,7 @@ def _log_mass_term(pid: int, with_pid: ProtoModel, without: ProtoModel, space: S
     runs of move mix 1 resume with the arithmetic they were made with."""
     if not anchored:
         return 0.0
-    return (_log_mass_proposal(pid, with_pid.masses[pid], without, space, True)
+    return (_log_mass_proposal(pid, with_pid.masses[pid], without, space)
             - _log_mass_reference(pid, space))
 
 
@@ -254,16 +251,20 @@ class Move:
                         + log_q_reverse - log_q_forward)
 
 
-class Unfreeze(Move):
+class _AnchoredMove(Move):
+    """Unfreeze and Freeze, each the other's reverse: both must agree on ``anchored``."""
+
+    def __init__(self, space: Space, anchored: bool = True):
+        super().__init__(space)
+        self.anchored = anchored
+
+
+class Unfreeze(_AnchoredMove):
     """Add a particle: its decays and multipliers drawn from the reference, its mass from
     the reference (``anchored=False``, move mix 1) or half the time from a half-normal gap
     above the LSP (``_log_mass_proposal``)."""
 
     name, reverse = "unfreeze", "freeze"
-
-    def __init__(self, space: Space, anchored: bool = True):
-        super().__init__(space)
-        self.anchored = anchored
 
     def propose(self, model, rng):
         options = unfreezable(model, self.space)
@@ -286,15 +287,11 @@ class Unfreeze(Move):
         return self._ratio(model, new, log_reverse, log_forward)
 
 
-class Freeze(Move):
+class Freeze(_AnchoredMove):
     """Remove a particle (never the LSP, never the lighter of an ordered pair alone); the
     reverse of an Unfreeze with the same ``anchored``."""
 
     name, reverse = "freeze", "unfreeze"
-
-    def __init__(self, space: Space, anchored: bool = True):
-        super().__init__(space)
-        self.anchored = anchored
 
     def propose(self, model, rng):
         options = freezable(model)
@@ -312,6 +309,15 @@ class Freeze(Move):
         return self._ratio(model, new, log_reverse, log_forward)
 
 
+def mass_step_widths(step: Union[float, Sequence[float]]) -> Tuple[float, ...]:
+    """The Gaussian widths (GeV) of ChangeMass and ShiftSpectrum; ValueError unless there
+    is at least one and all are positive."""
+    widths = tuple(float(s) for s in np.atleast_1d(step))
+    if not widths or min(widths) <= 0:
+        raise ValueError(f"mass steps {list(widths)}: need at least one width > 0 GeV")
+    return widths
+
+
 class ChangeMass(Move):
     """Gaussian step of one particle's mass (the LSP too); symmetric.
 
@@ -325,9 +331,7 @@ class ChangeMass(Move):
 
     def __init__(self, space: Space, step: Union[float, Sequence[float]] = MASS_STEPS):
         super().__init__(space)
-        self.steps = tuple(float(s) for s in np.atleast_1d(step))
-        if not self.steps or min(self.steps) <= 0:
-            raise ValueError(f"mass steps {list(self.steps)}: need at least one width > 0 GeV")
+        self.steps = mass_step_widths(step)
 
     def propose(self, model, rng):
         pids = model.unfrozen
@@ -348,7 +352,7 @@ class ShiftSpectrum(Move):
 
     def __init__(self, space: Space, step: Union[float, Sequence[float]] = MASS_STEPS):
         super().__init__(space)
-        self.steps = ChangeMass(space, step).steps
+        self.steps = mass_step_widths(step)
 
     def propose(self, model, rng):
         width = self.steps[rng.integers(len(self.steps))]
