@@ -588,16 +588,23 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
               help="The injected model [default: the one each run's fake database records].")
 @click.option("--window", type=click.FloatRange(min=0, min_open=True), default=200.0,
               show_default=True, help="GeV: how close a partner's mass must be.")
+@click.option("--reference-fits", "fits", is_flag=True,
+              help="Also polish the injected model, and it without each particle, on each "
+                   "run's database: which particles K prefers there (about 2 min a run).")
+@click.option("--max-evaluations", type=click.IntRange(min=1), default=150, show_default=True,
+              help="K evaluations per reference fit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.closure/1).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
-def closure(runs, injected: Optional[Path], window: float, as_json: bool,
-            output_file: Optional[str]) -> None:
+def closure(runs, injected: Optional[Path], window: float, fits: bool, max_evaluations: int,
+            as_json: bool, output_file: Optional[str]) -> None:
     """Injection closure: did the runs on fake databases with an injected model (e.g.
-    `fakes --inject paper_best.slha --fudge 0.65`) find its particles, and only them?"""
+    `fakes --inject paper_best.slha --fudge 0.65`) find its particles, and only them?
+    With --reference-fits: should they have, i.e. does K prefer each particle there?"""
     from . import closure as study
 
-    report = study.closure(runs, injected=injected, window=window)
+    report = study.closure(runs, injected=injected, window=window, fits=fits,
+                           max_evaluations=max_evaluations)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else study.format_closure(report) + "\n", output_file)
 

@@ -10,21 +10,36 @@ partner, any light-flavour squark (Xd, Xu, Xs, Xc) for a light-quark partner, an
 partner for a bottom partner; other particles only by themselves.  An injected particle
 is *found* when a partner of its kind lies within ``window`` GeV of its mass (the paper:
 200 GeV); the LSP is not counted.  Particles of the best model matched to no injected
-particle within the window (a top partner 1 TeV away included) are *spurious*.  Rates over runs come with Clopper-Pearson 68% intervals.
+particle within the window (a top partner 1 TeV away included) are *spurious*.  Rates
+over runs come with Clopper-Pearson 68% intervals.
+
+*Reference fits* (optional, costly) ask what the best model *should* contain on each fake
+database: an injected particle whose signal, after the noise drawn for that fake, gains
+less TL than the prior charges for it (1 for the particle, 1/4 or more for its
+multiplier; SPEC section 6) makes K prefer the model without it, and a search that
+maximises K is right not to find it.  The injected model is polished
+(``polish.polish_model``, masses, multipliers and BRs) on the run's own score, and so is
+the injected model without each of its particles in turn; a particle is *preferred* on
+that fake when the first K is higher.  The walk's best K minus the polished injected K
+(``search_gap``) tells a search that fell short (negative) from one that found the
+injected model or a better one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .exceptions import RunError
-from .model import LSP, NAMES, PIDS
+from .model import LSP, NAMES, PIDS, ProtoModel
+from .moves import Space, freezable, log_reference, remove_particle
+from .polish import MAX_EVALUATIONS, Score, polish_model, run_score
 from .pvalue import clopper_pearson, run_summary
 
 logger = logging.getLogger(__name__)
@@ -83,18 +98,18 @@ def match(injected: Mapping[int, float], best: Mapping[int, float],
     return {"partners": partners, "spurious": sorted(NAMES[p] for p, _ in offered if p not in used)}
 
 
-def _read_injected(path: Path, source: str) -> Dict[int, float]:
+def _read_injected(path: Path, source: str) -> ProtoModel:
     from .exceptions import ProtomodelsError
     from .slha import read_slha
 
     try:
-        return dict(read_slha(path).masses)
+        return read_slha(path)
     except ProtomodelsError as error:
         raise RunError(f"{source}: not a readable proto-model ({error})") from None
 
 
-def injected_masses(run: Dict[str, Any], injected: Optional[Path] = None) -> Dict[int, float]:
-    """The injected model's masses (pid -> GeV): from ``injected`` (an SLHA file) or, by
+def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> ProtoModel:
+    """The injected model: from ``injected`` (an SLHA file) or, by
     default, from the SLHA text that the run's fake database records (``fakedb.json``,
     found where run.json says or, for a moved batch, beside the run as ``fakes`` lays it
     out).
@@ -124,15 +139,57 @@ def injected_masses(run: Dict[str, Any], injected: Optional[Path] = None) -> Dic
         return _read_injected(path, f"{record}: field 'injected.slha'")
 
 
+def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_EVALUATIONS,
+                   space: Optional[Space] = None) -> Dict[str, Any]:
+    """Which of ``model``'s particles K prefers under ``score`` (module docstring): the
+    model polished, and the model without each non-LSP particle polished alike, each
+    with at most ``max_evaluations`` evaluations of ``score``.
+
+    Returns ``{"K_start", "K", "evaluations", "seconds", "without": [{"particle", "kind",
+    "mass", "K", "delta_K", "preferred", "note"}]}``, particles by rising mass; K values
+    are the polished ones, delta_K = K(model) - K(without the particle).  A particle the
+    walker's Freeze could not remove alone (the lighter of an ordered pair, one that
+    another particle decays into) has K, delta_K and preferred None and a note."""
+    space = space or Space()
+    fit = polish_model(model, score, max_evaluations, space)
+    k_full = float(fit["record"]["K"]) if fit["record"] else -math.inf
+    evaluations, seconds = fit["evaluations"], fit["seconds"]
+    rows = []
+    for pid in sorted((p for p in model.masses if p != LSP), key=lambda p: model.masses[p]):
+        row = {"particle": NAMES[pid], "kind": kind(pid), "mass": model.masses[pid],
+               "K": None, "delta_K": None, "preferred": None, "note": ""}
+        reduced = remove_particle(model, pid)
+        if pid not in freezable(model) or log_reference(reduced, space) == -math.inf:
+            row["note"] = "cannot be removed alone (an ordered pair, or a decay into it)"
+        else:
+            without = polish_model(reduced, score, max_evaluations, space)
+            evaluations += without["evaluations"]
+            seconds += without["seconds"]
+            k = float(without["record"]["K"]) if without["record"] else -math.inf
+            row.update(K=k, delta_K=k_full - k, preferred=bool(k_full > k))
+        rows.append(row)
+    return {"K_start": fit["K_start"], "K": k_full, "evaluations": evaluations,
+            "seconds": seconds, "without": rows}
+
+
 def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
-            window: float = DEFAULT_WINDOW) -> Dict[str, Any]:
+            window: float = DEFAULT_WINDOW, fits: bool = False,
+            max_evaluations: int = MAX_EVALUATIONS,
+            score_of: Callable[[Path], Score] = run_score) -> Dict[str, Any]:
     """The closure report (schema protomodels.closure/1): per run its best K, best model
     and the match to the injected model; over runs, per injected particle the rate at
     which it was found and the rate of runs with spurious particles, each with its
     Clopper-Pearson 68% interval.
 
+    With ``fits``, each run also gets ``reference`` (``reference_fits`` of the injected
+    model on the run's score, ``score_of(run_dir)``: by default the run's own database,
+    likelihood and r_limit) and ``search_gap`` (best K - the polished injected K), and
+    the rates gain, per injected particle, how often K prefers it and how often it was
+    found where K prefers it.  Costly: (1 + particles) x ``max_evaluations`` evaluations
+    a run, about 2 minutes a run for the paper's model on a fake database.
+
     Raises ``RunError`` for a folder that is not a run with hiscores, for runs of
-    different injected models, or without an injected model (see ``injected_masses``)."""
+    different injected models, or without an injected model (see ``injected_model``)."""
     if not runs:
         raise RunError("no runs given")
     rows: List[Dict[str, Any]] = []
@@ -142,16 +199,22 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
         summary = run_summary(run_dir)
         if not summary["fake"]:
             warnings.append(f"{summary['run']} ran on a real database, not a fake one")
-        masses = injected_masses(summary, injected)
+        model = injected_model(summary, injected)
+        masses = dict(model.masses)
         if truth is None:
             truth, first = masses, summary["run"]
         elif masses != truth:
             raise RunError(f"{summary['run']}: its injected model differs from {first}'s; "
                            "a closure report compares runs of one injected model")
         best = {PIDS[name]: mass for name, mass in summary["masses"].items()}
-        rows.append({"run": summary["run"], "best_K": summary["best_K"],
-                     "steps_done": summary["steps_done"],
-                     "masses": summary["masses"], **match(truth, best, window)})
+        row = {"run": summary["run"], "best_K": summary["best_K"],
+               "steps_done": summary["steps_done"],
+               "masses": summary["masses"], **match(truth, best, window)}
+        if fits:
+            logger.info("%s: reference fits of the injected model", summary["run"])
+            row["reference"] = reference_fits(model, score_of(Path(run_dir)), max_evaluations)
+            row["search_gap"] = summary["best_K"] - row["reference"]["K"]
+        rows.append(row)
     n = len(rows)
     rates = []
     for position, partner in enumerate(rows[0]["partners"]):
@@ -159,6 +222,8 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
         rates.append({"what": f"{partner['kind']} within {window:g} GeV of "
                               f"{partner['mass']:g} GeV ({partner['injected']})",
                       "k": k, "n": n, "rate": k / n, "interval_68": clopper_pearson(k, n)})
+    if fits:
+        rates += _preference_rates(rows)
     k = sum(bool(row["spurious"]) for row in rows)
     rates.append({"what": "runs with spurious particles", "k": k, "n": n, "rate": k / n,
                   "interval_68": clopper_pearson(k, n)})
@@ -166,6 +231,27 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
         logger.warning("%s", text)
     return {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
             "warnings": warnings}
+
+
+def _preference_rates(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per injected particle: the runs whose K prefers it, and of those the runs that found it."""
+    rates = []
+    for entry in rows[0]["reference"]["without"]:
+        name = entry["particle"]
+        decided = [(w, p) for row in rows for w in row["reference"]["without"]
+                   for p in row["partners"] if w["particle"] == name and p["injected"] == name
+                   and w["preferred"] is not None]
+        if not decided:
+            continue
+        preferred = [p for w, p in decided if w["preferred"]]
+        k, n = len(preferred), len(decided)
+        rates.append({"what": f"K prefers {name} ({entry['kind']}) to its absence", "k": k, "n": n,
+                      "rate": k / n, "interval_68": clopper_pearson(k, n)})
+        if preferred:
+            found = sum(p["found"] for p in preferred)
+            rates.append({"what": f"{name} found where K prefers it", "k": found,
+                          "n": k, "rate": found / k, "interval_68": clopper_pearson(found, k)})
+    return rates
 
 
 def format_closure(report: Dict[str, Any]) -> str:
@@ -180,6 +266,13 @@ def format_closure(report: Dict[str, Any]) -> str:
         spurious = ", ".join(row["spurious"]) or "none"
         lines.append(f"{Path(row['run']).name:<28} {row['best_K']:7.2f}  {model}; "
                      f"{verdict}; spurious: {spurious}")
+        if "reference" in row:
+            ref = row["reference"]
+            deltas = ", ".join(f"{w['particle']} {w['delta_K']:+.2f}" if w["delta_K"] is not None
+                               else f"{w['particle']} (not removable)" for w in ref["without"])
+            lines.append(f"{'':<28} {'':>7}  injected, polished: K {ref['K']:.2f} "
+                         f"(search gap {row['search_gap']:+.2f}); K gained by each "
+                         f"particle: {deltas}")
     for rate in report["rates"]:
         low, high = rate["interval_68"]
         lines.append(f"{rate['what']}: {rate['k']}/{rate['n']} "

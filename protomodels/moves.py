@@ -221,7 +221,10 @@ def _draw_new_multipliers(old: ProtoModel, new: ProtoModel, rng: np.random.Gener
     return fresh
 
 
-def _remove_particle(model: ProtoModel, pid: int) -> ProtoModel:
+def remove_particle(model: ProtoModel, pid: int) -> ProtoModel:
+    """A copy of ``model`` with ``pid`` frozen and the multipliers of the processes it
+    leaves without a particle dropped (Freeze's and Merge's new state; it may break a
+    rule, e.g. when another particle decays into ``pid``: check ``log_reference``)."""
     new = model.copy()
     del new.masses[pid]
     new.decays.pop(pid, None)
@@ -298,7 +301,7 @@ class Freeze(_AnchoredMove):
         if not options:
             return None
         pid = int(options[rng.integers(len(options))])
-        new = _remove_particle(model, pid)
+        new = remove_particle(model, pid)
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)
         gone = set(process_keys(model)) - set(process_keys(new))
@@ -528,7 +531,7 @@ class Merge(Move):
         if not pairs:
             return None
         keep, gone = pairs[rng.integers(len(pairs))]
-        new = _remove_particle(model, gone)
+        new = remove_particle(model, gone)
         new.masses[keep] = 0.5 * (model.masses[keep] + model.masses[gone])
         if log_reference(new, self.space) == -math.inf:
             return Proposal(new, -math.inf)

@@ -9,7 +9,7 @@ from scipy import stats
 
 from protomodels.closure import closure, format_closure, match
 from protomodels.exceptions import RunError
-from protomodels.model import PIDS
+from protomodels.model import LSP, PIDS
 from protomodels.pvalue import clopper_pearson
 
 from .test_fakedb import PAPER_BEST
@@ -76,3 +76,56 @@ def test_closure_of_runs(tmp_path):
     assert top["n"] == 2 and top["k"] == sum(r["partners"][1]["found"] for r in report["runs"])
     assert report["rates"][-1]["what"] == "runs with spurious particles"
     assert "runs with spurious particles" in format_closure(report)
+
+
+def toy_score(model):
+    """A fake score (not physics) with a known answer: the top partner gains 3 in K at
+    1166 GeV, the light-quark partner costs 0.4 even at its best mass, 735 GeV; flat in
+    the LSP mass and in multipliers."""
+    model.validate()
+    k = 0.0
+    if PIDS["Xt"] in model.masses:
+        k += 3.0 - ((model.masses[PIDS["Xt"]] - 1166.0) / 100.0) ** 2
+    if PIDS["Xd"] in model.masses:
+        k += -0.4 - ((model.masses[PIDS["Xd"]] - 735.0) / 100.0) ** 2
+    return {"K": k, "TL": k, "mu_hat": 1.0}
+
+
+def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
+    from protomodels.closure import reference_fits
+    from protomodels.model import ProtoModel
+    from protomodels.runs import WalkConfig, walk
+    from protomodels.slha import read_slha
+
+    injected = read_slha(PAPER_BEST)
+    fits = reference_fits(injected, toy_score, max_evaluations=40)
+    assert fits["K"] == pytest.approx(2.6, abs=1e-9)  # already at the optimum
+    assert [(w["particle"], w["preferred"]) for w in fits["without"]] == [("Xd", False), ("Xt", True)]
+    assert [w["delta_K"] for w in fits["without"]] == pytest.approx([-0.4, 3.0], abs=1e-9)
+    assert fits["evaluations"] <= 3 * 40
+    # the lighter of an ordered pair cannot be removed alone
+    pair = ProtoModel(masses={LSP: 100.0, PIDS["Xt"]: 800.0, PIDS["Xt2"]: 1000.0},
+                      decays={PIDS["Xt"]: {"t XZ1": 1.0}, PIDS["Xt2"]: {"t XZ1": 1.0}})
+    rows = reference_fits(pair, toy_score, max_evaluations=5)["without"]
+    assert rows[0]["particle"] == "Xt" and rows[0]["preferred"] is None and rows[0]["note"]
+    assert rows[1]["particle"] == "Xt2" and rows[1]["preferred"] is not None
+
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"run-{seed}"
+        walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=3, seed=seed),
+             score_factory=fake_factory)
+        runs.append(out)
+    seen = []
+    report = closure(runs, injected=PAPER_BEST, fits=True, max_evaluations=20,
+                     score_of=lambda run: seen.append(run) or toy_score)
+    assert seen == runs
+    for row in report["runs"]:
+        assert row["search_gap"] == pytest.approx(row["best_K"] - 2.6, abs=1e-9)
+    rates = {r["what"]: (r["k"], r["n"]) for r in report["rates"]}
+    assert rates["K prefers Xd (light-quark partner) to its absence"] == (0, 2)
+    assert rates["K prefers Xt (top partner) to its absence"] == (2, 2)
+    found = sum(row["partners"][1]["found"] for row in report["runs"])
+    assert rates["Xt found where K prefers it"] == (found, 2)
+    assert "Xd found where K prefers it" not in rates
+    assert "search gap" in format_closure(report)
