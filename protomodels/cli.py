@@ -334,10 +334,16 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS), default=None,
               help="Statistical model of pyhf results [default: simplified; a resumed run "
                    "keeps its own].")
+@click.option("--screen", is_flag=True, default=False,
+              help="Screen proposals with a learned K (exact delayed acceptance), retrained "
+                   "after steps 100, 200, 400, 800 and frozen from then on.")
+@click.option("--screen-train-at", default=None, metavar="S1,S2,...",
+              help="--screen with these training steps instead.")
 @database_option
 @_handle_errors
 def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, processes, r_limit,
-         checkpoint_every, config_file, cluster, jobs, likelihood, database_path) -> None:
+         checkpoint_every, config_file, cluster, jobs, likelihood, screen, screen_train_at,
+         database_path) -> None:
     """Run replica-exchange Metropolis-Hastings chains over proto-models (or --resume a run)."""
     from .runs import WalkConfig, load_config, walk as run_walk
 
@@ -348,7 +354,7 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
     flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
              "ladder": temperatures, "swap_every": swap_every, "r_limit": r_limit,
              "checkpoint_every": checkpoint_every, "database": database_path,
-             "likelihood": likelihood}
+             "likelihood": likelihood, "screen_train_at": _screen_schedule(screen, screen_train_at)}
     if resume is not None:  # the run fixes everything but how far and on what it runs
         fixed = sorted(k for k, v in flags.items() if v is not None and k not in ("steps", "out"))
         if fixed or config_file or out:
@@ -368,8 +374,10 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
                        runner=runner)
     for state, T in zip(summary["progress"], summary["temperatures"]):
         best = "none" if state["best_K"] is None else f"{state['best_K']:.3f}"
+        screened = (f", screened out {100 * state['screened']:.0f}% of its steps unscored"
+                    if state["screened"] else "")
         click.echo(f"walker {state['walker']} (T = {T:g}): {state['steps']} steps, acceptance "
-                   f"{100 * state['acceptance']:.0f}%, best K {best}")
+                   f"{100 * state['acceptance']:.0f}%, best K {best}{screened}")
     for pair in summary["swaps"]:
         rate = "-" if pair["acceptance"] is None else f"{100 * pair['acceptance']:.0f}%"
         click.echo(f"swaps T {pair['T'][0]:g} <-> {pair['T'][1]:g}: {pair['accepted']}/"
@@ -380,6 +388,22 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
         sys.exit(1)
     if summary["interrupted"]:
         sys.exit(130)
+
+
+def _screen_schedule(screen: bool, train_at: Optional[str]) -> Optional[List[int]]:
+    """walk's screening schedule from --screen / --screen-train-at (None: neither given)."""
+    from .screening import DEFAULT_TRAIN_AT
+
+    if train_at is None:
+        return list(DEFAULT_TRAIN_AT) if screen else None
+    try:
+        steps = sorted({int(t) for t in train_at.split(",")})
+    except ValueError:
+        steps = []
+    if not steps or steps[0] < 1:
+        raise click.UsageError(f"--screen-train-at {train_at!r}: expected step numbers >= 1, "
+                               "e.g. 100,200,400")
+    return steps
 
 
 def _run_database(run_dir: Path, database_path: Optional[str], likelihood: Optional[str]):

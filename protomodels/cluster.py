@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .exceptions import RunError
-from .runs import Runner, advance_chain
+from .runs import ChainSettings, Runner, advance_chain
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +78,8 @@ def chain_task(out: str, chain: int, seed, target_step: int, temperature: float,
     """Advance chain ``chain`` of the run in ``out`` to its step ``target_step``."""
     score = score_factory() if score_factory is not None else _physics_score(config)
     step = advance_chain(Path(out), chain, seed, target_step, temperature,
-                         config["checkpoint_every"], score, mass_steps=config["mass_steps"],
-                         move_mix=config["move_mix"])
+                         config["checkpoint_every"], score,
+                         settings=ChainSettings.of(config))
     return {"walker": chain, "step": step}
 
 

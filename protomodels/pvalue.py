@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 SCHEMA = "protomodels.pvalue/1"
 FAKES_SCHEMA = "protomodels.fakes/1"
 #: Run settings that must agree between the real run and the fakes for a fair comparison.
-COMPARED = ("walkers", "steps", "ladder", "swap_every", "mass_steps", "move_mix", "r_limit",
+COMPARED = ("walkers", "steps", "ladder", "swap_every", "mass_steps", "move_mix",
+            "screen_train_at", "r_limit",
             "sqrts", "analyses")
 
 

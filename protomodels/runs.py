@@ -163,16 +163,36 @@ def one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+@dataclass(frozen=True)
+class ChainSettings:
+    """How one chain proposes and screens, as its run records it: ``mass_steps`` (GeV,
+    the widths of the mass moves) and ``move_mix`` (``moves.default_moves``), and
+    ``screen_train_at`` (the steps after which its learned K is retrained for delayed
+    acceptance, ``screening``; empty: no screening)."""
+
+    mass_steps: Tuple[float, ...] = MASS_STEPS
+    move_mix: int = MOVE_MIX
+    screen_train_at: Tuple[int, ...] = ()
+
+    @classmethod
+    def of(cls, config: Any) -> "ChainSettings":
+        """From a ``WalkConfig`` or its dict (run.json's 'config', resolved)."""
+        values = asdict(config) if not isinstance(config, dict) else config
+        return cls(tuple(values["mass_steps"]), int(values["move_mix"]),
+                   tuple(values.get("screen_train_at", ())))
+
+
 def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: int,
                space: Space, temperature: float = 1.0, checkpoint_every: int = 10,
                resume: bool = False, hiscores: Optional[Path] = None, walker: int = 0,
-               mass_steps: Sequence[float] = MASS_STEPS, move_mix: int = MOVE_MIX) -> None:
-    """Run (or continue) one walker for ``steps`` more steps (``mass_steps``: the widths
-    of its mass moves in GeV, ``move_mix``: the version of its move mix; see
-    ``moves.default_moves``).
+               settings: ChainSettings = ChainSettings()) -> None:
+    """Run (or continue) one walker for ``steps`` more steps with ``settings``.
 
     Ctrl-C (KeyboardInterrupt) ends the walker after a checkpoint of its last step.
     The start and every accepted state are merged into ``hiscores`` at every checkpoint.
+    With screening, a history line also records ``screened`` (the proposal was rejected
+    by the learned K without being scored) or ``proposal`` (a rejected proposal's K and
+    model: the training data of the learned K).
     """
     one_blas_thread()
     store = WalkerStore(folder)
@@ -209,19 +229,35 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
             candidates.clear()
         store.save_checkpoint(step_number, state_model, state_record, rng, size)
 
-    moves = default_moves(space, mass_steps, move_mix)
+    moves = default_moves(space, settings.mass_steps, settings.move_mix)
+    screen = None
+    if settings.screen_train_at:
+        from .screening import Screen
+
+        screen = Screen(settings.screen_train_at, int(seed.generate_state(1)[0]))
+        trained = screen.last_due(first - 1)
+        if trained is not None:  # a resumed chain retrains what it had: the same function
+            screen.train(read_history(folder, check=False), trained)
     last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
     clock = time.perf_counter()
     try:
         for step in sample(model, float(record["K"]), scored, moves, rng, steps,
-                           temperature=temperature, first_step=first):
+                           temperature=temperature, first_step=first, screen=screen):
             if step.accepted:
                 record = records[id(step.model)]
                 candidates.append(_candidate(record, walker, step.step, step.model, temperature))
             records.clear()
-            store.append({"step": step.step, "move": step.move, "accepted": step.accepted,
-                          **record, "model": step.model.to_dict()})
+            line = {"step": step.step, "move": step.move, "accepted": step.accepted,
+                    **record, "model": step.model.to_dict()}
+            if screen is not None:
+                if step.screened:
+                    line["screened"] = True
+                elif step.proposal is not None and not step.accepted:
+                    line["proposal"] = {"K": step.proposal_K, "model": step.proposal.to_dict()}
+            store.append(line)
+            if screen is not None and screen.due(step.step):
+                screen.train(read_history(folder, check=False), step.step)
             last = (step.step, step.model, store.size(), record)
             rng_after_last = rng.bit_generator.state
             now = time.perf_counter()
@@ -254,8 +290,8 @@ def _candidate(record: Dict[str, Any], walker: int, step: int, model: ProtoModel
 
 def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_step: int,
                   temperature: float, checkpoint_every: int, score: Score,
-                  space: Optional[Space] = None, mass_steps: Sequence[float] = MASS_STEPS,
-                  move_mix: int = MOVE_MIX) -> int:
+                  space: Optional[Space] = None,
+                  settings: ChainSettings = ChainSettings()) -> int:
     """Run chain ``chain`` of the run in ``out`` up to its step ``target_step``: from its
     seed if it has no checkpoint yet, else resumed from the checkpoint (nothing to do if
     it is there already).  Returns the step reached.  The unit of work of every runner."""
@@ -265,8 +301,7 @@ def advance_chain(out: Path, chain: int, seed: np.random.SeedSequence, target_st
     if done is not None and done >= target_step:
         return done
     common = dict(temperature=temperature, checkpoint_every=checkpoint_every,
-                  hiscores=Path(out) / "hiscores.json", walker=chain, mass_steps=mass_steps,
-                  move_mix=move_mix)
+                  hiscores=Path(out) / "hiscores.json", walker=chain, settings=settings)
     if done is None:
         run_walker(folder, seed, score, target_step, space or Space(), resume=False, **common)
     else:
@@ -370,6 +405,7 @@ class WalkConfig:
     likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
     mass_steps: List[float] = field(default_factory=lambda: list(MASS_STEPS))  # GeV
     move_mix: int = MOVE_MIX  # version of the move mix (moves.default_moves)
+    screen_train_at: List[int] = field(default_factory=list)  # screening's schedule; []: none
 
 
     processes: Optional[int] = None  # local runner: worker processes [default: min(chains, cores)]
@@ -389,9 +425,9 @@ def legacy_config(config: Dict[str, Any]) -> Dict[str, Any]:
     one ``temperature`` for all walkers (a one-rung ladder), runs made before the
     likelihood setting used the full workspaces, runs made before the mass steps were a
     setting used one width of 150 GeV, runs made before the move mix was a setting used mix
-    1."""
+    1, runs made before screening were not screened."""
     config = {"likelihood": LEGACY_LIKELIHOOD, "mass_steps": list(LEGACY_MASS_STEPS),
-              "move_mix": LEGACY_MOVE_MIX, **config}
+              "move_mix": LEGACY_MOVE_MIX, "screen_train_at": [], **config}
     if "ladder" not in config:
         config["ladder"] = [config.get("temperature", 1.0)]
     config.pop("temperature", None)
@@ -465,13 +501,16 @@ def _interrupt(signum, frame):
 
 
 def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
-    """Steps done, acceptance and best K of every chain, from the histories on disk."""
+    """Steps done, acceptance, best K and the share of steps screened out unscored
+    (screening runs; else 0) of every chain, from the histories on disk."""
     status = []
     for i in range(chains):
         entries = read_history(chain_folder(out, i), check=False)
+        n = len(entries) or 1
         status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
-                       "acceptance": (sum(e["accepted"] for e in entries) / len(entries)) if entries else 0.0,
-                       "best_K": max((e["K"] for e in entries), default=None)})
+                       "acceptance": sum(e["accepted"] for e in entries) / n,
+                       "best_K": max((e["K"] for e in entries), default=None),
+                       "screened": sum(bool(e.get("screened")) for e in entries) / n})
     return status
 
 
@@ -762,8 +801,8 @@ def _chain_worker(conn, parents, out: Path, seeds, ladder: Ladder, config: WalkC
                 multiprocessing.current_process().name = f"walker-{chain}"
                 try:
                     advance_chain(out, chain, seeds[chain], target, ladder.temperature(chain),
-                                  config.checkpoint_every, score, space, config.mass_steps,
-                                  config.move_mix)
+                                  config.checkpoint_every, score, space,
+                                  ChainSettings.of(config))
                 except KeyboardInterrupt:
                     interrupted.append(chain)
                 except Exception:

@@ -3,42 +3,88 @@
 ``sample`` is a generator yielding one ``Step`` per proposal, like emcee's: the caller
 decides what to store, when to checkpoint and when to stop.  The target is
 exp(K / 2T) times the moves' reference measure (see ``moves``).
+
+With a ``screen`` (a cheap estimate s(x) of K, e.g. ``screening.KSurrogate``) each
+proposal is first screened by *delayed acceptance* (Christen and Fox, J. Comput. Graph.
+Stat. 14 (2005) 795; SPEC section 9): stage 1 accepts it with the full Metropolis-Hastings
+ratio of the move (reference measure, proposal densities and move-selection weights) on
+the surrogate target exp(s / 2T); only a survivor is scored, and stage 2 accepts it with
+min(1, exp[(K' - K)/2T - (s' - s)/2T]).  The chain's target stays exp(K / 2T) exactly,
+whatever s is, as long as s does not depend on the chain's future (the caller may change
+it between steps only on a schedule fixed in advance).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .model import ProtoModel
 from .moves import Move, choose
 
+Screen = Callable[[ProtoModel], Optional[float]]  # None: no screen at this step
+
 
 @dataclass
 class Step:
-    """One proposal: which move, whether it was accepted, and the state after it."""
+    """One proposal: which move, whether it was accepted, and the state after it.
+
+    ``screened``: rejected by the screen's first stage, without scoring the proposal.
+    ``proposal``/``proposal_K``: the proposal and its K when it was scored (None when
+    there was none, it broke a model-space rule, or it was screened out)."""
 
     step: int
     move: str
     accepted: bool
     K: float
     model: ProtoModel
+    screened: bool = False
+    proposal: Optional[ProtoModel] = None
+    proposal_K: Optional[float] = None
+
+
+def second_stage_log_ratio(K_new: float, K_old: float, s_new: float, s_old: float,
+                           temperature: float) -> float:
+    """log of delayed acceptance's second-stage ratio, exp[(K'-K)/2T] / exp[(s'-s)/2T]
+    (Christen and Fox 2005, eq. 2.2 with the first stage of eq. 2.1): it removes what the
+    first stage already charged for the surrogate's change."""
+    return (K_new - K_old) / (2.0 * temperature) - (s_new - s_old) / (2.0 * temperature)
 
 
 def sample(model: ProtoModel, K: float, score: Callable[[ProtoModel], float],
            moves: Sequence[Tuple[Move, float]], rng: np.random.Generator, steps: int,
-           temperature: float = 1.0, first_step: int = 1) -> Iterator[Step]:
-    """Run ``steps`` Metropolis-Hastings steps from ``model`` (whose K is given)."""
+           temperature: float = 1.0, first_step: int = 1,
+           screen: Optional[Screen] = None) -> Iterator[Step]:
+    """Run ``steps`` Metropolis-Hastings steps from ``model`` (whose K is given); with
+    ``screen``, by delayed acceptance (module docstring).  ``screen`` is called afresh at
+    every step, for the state and then the proposal, so a caller may replace the
+    surrogate it wraps between two steps; a step where it returns None is a plain one.
+    A plain step draws exactly the random numbers of plain Metropolis-Hastings; a
+    screened one draws one uniform more when its first stage passes."""
     for step in range(first_step, first_step + steps):
         move, log_weights = choose(moves, rng)
         proposal = move.propose(model, rng)
-        accepted = False
+        accepted = screened = False
+        scored: Optional[float] = None
         if proposal is not None and proposal.log_ratio > -math.inf:
-            new_K = score(proposal.model)
-            log_alpha = (new_K - K) / (2.0 * temperature) + proposal.log_ratio + log_weights
-            if log_alpha >= 0 or rng.random() < math.exp(log_alpha):
-                model, K, accepted = proposal.model, new_K, True
-        yield Step(step=step, move=move.name, accepted=accepted, K=K, model=model)
+            log_q = proposal.log_ratio + log_weights
+            s_old = None if screen is None else screen(model)
+            if s_old is None:
+                scored = score(proposal.model)
+                log_alpha = (scored - K) / (2.0 * temperature) + log_q
+            else:
+                s_new = screen(proposal.model)
+                log_first = (s_new - s_old) / (2.0 * temperature) + log_q
+                if log_first >= 0 or rng.random() < math.exp(log_first):
+                    scored = score(proposal.model)
+                    log_alpha = second_stage_log_ratio(scored, K, s_new, s_old, temperature)
+                else:
+                    screened, log_alpha = True, -math.inf
+            if not screened and (log_alpha >= 0 or rng.random() < math.exp(log_alpha)):
+                model, K, accepted = proposal.model, scored, True
+        yield Step(step=step, move=move.name, accepted=accepted, K=K, model=model,
+                   screened=screened,
+                   proposal=proposal.model if scored is not None else None, proposal_K=scored)

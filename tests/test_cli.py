@@ -148,6 +148,16 @@ def test_walk_config_errors_name_the_key(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
+def test_screen_schedule_errors(tmp_path):
+    result = run("walk", "--screen-train-at", "100,x", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2 and "--screen-train-at '100,x': expected step numbers >= 1" in result.stderr
+    bad = tmp_path / "run.toml"
+    bad.write_text('screen_train_at = [0, 100]\n')
+    result = run("walk", "--config", str(bad), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "$.screen_train_at[0]: 0 is less than the minimum of 1" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_refuses_settings_it_would_ignore(tmp_path):
     """A resumed run keeps run.json's settings: a flag that would change them is an error,
     before anything runs (it used to be dropped silently)."""

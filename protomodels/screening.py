@@ -1,0 +1,170 @@
+"""A learned K for screening walker proposals (issue 14; SPEC section 9, the proto-model
+talk's "network that learns K"): a regressor on a fixed-length encoding of a proto-model,
+trained on the scores a chain has already computed, used by ``walker.sample`` for the
+first stage of delayed acceptance.  The sampler stays exact whatever the regressor
+predicts (``walker``); a better regressor only saves more evaluations.
+
+Schedule: a chain with ``screen_train_at = (t1, t2, ...)`` walks without a screen up to
+step t1, then (re)trains its regressor after steps t1, t2, ... on every model it scored
+so far (accepted states and rejected proposals, from its history) and keeps the last one
+frozen from the last tk on: from there the chain is an exact, non-adaptive
+Metropolis-Hastings chain (before it, an adaptive one, i.e. a burn-in).  Training is a
+deterministic function of those history lines and the chain's seed, so a resumed chain
+retrains the regressor it had instead of storing it.
+
+The regressor is scikit-learn's ``HistGradientBoostingRegressor`` (chosen for: no feature
+scaling needed, fast to train on thousands of points, deterministic for a given
+``random_state`` without early stopping, and a small, well-kept dependency).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .exceptions import RunError
+from .model import CHANNELS, LSP, NAMES, ProtoModel, ssm_key
+from .xsec import reference_xsecs
+
+#: Train after these steps unless a run says otherwise (``walk --screen``).
+DEFAULT_TRAIN_AT = (100, 200, 400, 800)
+MIN_POINTS = 30  # fewer scored models than this: no screen yet
+_PIDS = tuple(sorted(NAMES))
+_CHANNELS = tuple((pid, spec.name) for pid in _PIDS for spec in CHANNELS.get(pid, ()))
+
+
+def _process_keys() -> Tuple[Tuple[int, int], ...]:
+    keys = set()
+    for low, high in ((200.0, 210.0), (1000.0, 1010.0)):  # every pair any spectrum produces
+        masses = {pid: high for pid in _PIDS}
+        masses[LSP] = low
+        keys |= {ssm_key(*pair) for pair in reference_xsecs(masses, 13)}
+    return tuple(sorted(keys))
+
+
+_PROCESSES = _process_keys()
+N_FEATURES = 3 * len(_PIDS) + len(_CHANNELS) + len(_PROCESSES)
+
+
+def encode(model: ProtoModel) -> np.ndarray:
+    """The fixed-length encoding of ``model``, shape (N_FEATURES,): per candidate particle
+    (by pid) its presence, mass and mass gap to the LSP in TeV (0 when absent); per decay
+    channel of ``model.CHANNELS`` its BR; per production process its log10 multiplier
+    (1e-3 for 0; processes the model does not store: 0, i.e. multiplier 1)."""
+    x = np.zeros(N_FEATURES)
+    lsp = model.masses[LSP]
+    for i, pid in enumerate(_PIDS):
+        if pid in model.masses:
+            x[3 * i: 3 * i + 3] = (1.0, model.masses[pid] / 1000.0,
+                                   (model.masses[pid] - lsp) / 1000.0)
+    offset = 3 * len(_PIDS)
+    for j, (pid, channel) in enumerate(_CHANNELS):
+        x[offset + j] = model.decays.get(pid, {}).get(channel, 0.0)
+    offset += len(_CHANNELS)
+    for k, key in enumerate(_PROCESSES):
+        if key in model.ssm:
+            x[offset + k] = math.log10(max(model.ssm[key], 1e-3))
+    return x
+
+
+def _regressor(seed: int):
+    try:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+    except ImportError:
+        raise RunError("screening needs scikit-learn: pip install 'protomodels[screen]'") from None
+    return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1,
+                                         early_stopping=False, random_state=seed)
+
+
+class KSurrogate:
+    """A regressor of K on ``encode``; ``predict(model)`` is its estimate of K."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.points = 0
+        self._fitted = None
+
+    def fit(self, models: Sequence[ProtoModel], ks: Sequence[float]) -> "KSurrogate":
+        """Train on ``models`` and their K (non-finite K are left out); ValueError with
+        fewer than MIN_POINTS finite ones."""
+        pairs = [(m, k) for m, k in zip(models, ks) if math.isfinite(k)]
+        if len(pairs) < MIN_POINTS:
+            raise ValueError(f"{len(pairs)} scored models: need at least {MIN_POINTS}")
+        from threadpoolctl import threadpool_limits
+
+        x = np.array([encode(m) for m, _ in pairs])
+        y = np.array([k for _, k in pairs])
+        regressor = _regressor(self.seed)
+        # one thread: the same fit whatever the machine, and a prediction in ~1 ms instead
+        # of ~20 ms of OpenMP start-up (walkers are single-threaded processes anyway)
+        threadpool_limits(limits=1)
+        regressor.fit(x, y)
+        self._fitted, self.points = regressor, len(pairs)
+        return self
+
+    def predict(self, model: ProtoModel) -> float:
+        if self._fitted is None:
+            raise ValueError("the surrogate is not trained")
+        return float(self._fitted.predict(encode(model)[None, :])[0])
+
+
+def scored_models(entries: Iterable[Dict[str, Any]], until: int
+                  ) -> Tuple[List[ProtoModel], List[float]]:
+    """The models a chain scored up to step ``until`` and their K, from its history
+    lines: every accepted state and every rejected proposal it scored (``proposal``)."""
+    models: List[ProtoModel] = []
+    ks: List[float] = []
+    for entry in entries:
+        if entry["step"] > until:
+            break
+        if entry.get("accepted"):
+            models.append(ProtoModel.from_dict(entry["model"]))
+            ks.append(float(entry["K"]))
+        elif "proposal" in entry:
+            models.append(ProtoModel.from_dict(entry["proposal"]["model"]))
+            ks.append(float(entry["proposal"]["K"]))
+    return models, ks
+
+
+class Screen:
+    """A chain's screen on its training schedule (module docstring): call it with a
+    model for the surrogate's K, or None while there is no surrogate yet."""
+
+    def __init__(self, train_at: Sequence[int], seed: int):
+        self.train_at = tuple(sorted(int(t) for t in train_at))
+        self.seed = int(seed)
+        self.surrogate: Optional[KSurrogate] = None
+        self.trained_at: Optional[int] = None
+        self._memo: Dict[bytes, float] = {}  # the chain's state is asked about every step
+
+    def due(self, step: int) -> bool:
+        """Whether the surrogate is retrained after ``step``."""
+        return step in self.train_at
+
+    def last_due(self, step: int) -> Optional[int]:
+        """The last training step at or before ``step`` (None if none)."""
+        done = [t for t in self.train_at if t <= step]
+        return done[-1] if done else None
+
+    def train(self, entries: Sequence[Dict[str, Any]], step: int) -> None:
+        """Retrain on the history lines up to ``step``; with too few scored models the
+        chain stays unscreened until the next training step."""
+        models, ks = scored_models(entries, step)
+        try:
+            self.surrogate = KSurrogate(self.seed).fit(models, ks)
+        except ValueError:
+            self.surrogate = None
+        self.trained_at = step
+        self._memo.clear()
+
+    def __call__(self, model: ProtoModel) -> Optional[float]:
+        if self.surrogate is None:
+            return None
+        key = encode(model).tobytes()
+        if key not in self._memo:
+            if len(self._memo) > 1000:
+                self._memo.clear()
+            self._memo[key] = self.surrogate.predict(model)
+        return self._memo[key]

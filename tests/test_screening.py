@@ -1,0 +1,145 @@
+"""Delayed acceptance (issue 14's screening): exact whatever the surrogate, tested with
+the fake predictor of test_moves (K of the particle content only) and a deliberately
+wrong surrogate."""
+
+from __future__ import annotations
+
+import pytest
+
+from protomodels import walker
+from protomodels.model import LSP, PIDS, ProtoModel
+
+from .test_moves import fake_K, set_frequencies_p_value
+
+GLUINO, STOP = 1000021, 1000006
+
+
+def wrong_screen(model):
+    """A deliberately imperfect surrogate of fake_K: it likes gluinos 3 units too much,
+    stops 2 units too little, and is off by a mass-dependent amount."""
+    return (fake_K(model) + 3.0 * (GLUINO in model.masses) - 2.0 * (STOP in model.masses)
+            + 1e-3 * sum(m for p, m in model.masses.items() if p != LSP))
+
+
+def test_delayed_acceptance_keeps_exp_half_K_with_a_wrong_surrogate():
+    assert set_frequencies_p_value(steps=60000, screen=wrong_screen) > 0.001
+
+
+def test_screened_steps_are_not_scored():
+    import numpy as np
+
+    from protomodels.moves import Space, default_moves
+    from protomodels.model import ProtoModel
+
+    moves = default_moves(Space())
+    calls = []
+
+    def score(model):
+        calls.append(1)
+        return fake_K_any(model)
+
+    start = ProtoModel(masses={LSP: 300.0})
+    steps = list(walker.sample(start, 0.0, score, moves, np.random.default_rng(1), 300,
+                               screen=lambda m: -5.0 * len(m.masses)))
+    assert any(s.screened for s in steps)
+    assert all(s.proposal is None and s.proposal_K is None and not s.accepted
+               for s in steps if s.screened)
+    assert len(calls) == sum(s.proposal_K is not None for s in steps)
+
+
+def test_the_same_seed_trains_the_same_surrogate():
+    import numpy as np
+
+    from protomodels.moves import Space, default_moves
+    from protomodels.runs import start_model
+    from protomodels.screening import KSurrogate, N_FEATURES, encode
+
+    rng = np.random.default_rng(3)
+    models = [s.model for s in walker.sample(start_model(rng, Space()), 0.0, fake_K_any,
+                                             default_moves(Space()), rng, 300, temperature=5.0)]
+    ks = [fake_K_any(m) for m in models]
+    assert encode(models[0]).shape == (N_FEATURES,)
+    a, b = KSurrogate(1).fit(models, ks), KSurrogate(1).fit(models, ks)
+    assert [a.predict(m) for m in models[:50]] == [b.predict(m) for m in models[:50]]
+    with pytest.raises(ValueError, match="need at least"):
+        KSurrogate(1).fit(models[:5], ks[:5])
+
+
+def fake_K_any(model):
+    """A fake K of any model: 0.5 per particle, minus a mass term."""
+    return 0.5 * len(model.masses) - 1e-3 * max(model.masses.values())
+
+
+# ------------------------------------------------------------------ screened runs
+
+from protomodels.runs import ChainSettings, read_history, run_walker, walker_seeds  # noqa: E402
+
+from .test_runs import SPACE, fake_score  # noqa: E402
+
+SCREENED = ChainSettings(screen_train_at=(40, 80))
+
+
+def test_a_screened_chain_resumes_exactly_and_records_its_screening(tmp_path):
+    seed = walker_seeds(11, 1)[0]
+    run_walker(tmp_path / "full", seed, fake_score, 120, SPACE, settings=SCREENED,
+               checkpoint_every=7)
+    run_walker(tmp_path / "split", seed, fake_score, 60, SPACE, settings=SCREENED,
+               checkpoint_every=7)  # stops between the two trainings
+    run_walker(tmp_path / "split", seed, fake_score, 60, SPACE, settings=SCREENED,
+               checkpoint_every=7, resume=True)
+    full = (tmp_path / "full/history.jsonl").read_bytes()
+    assert (tmp_path / "split/history.jsonl").read_bytes() == full
+    entries = read_history(tmp_path / "full")  # schema-checked, the new fields included
+    # up to the first training: plain steps, whose rejected proposals are recorded to train on
+    assert not any(e.get("screened") for e in entries if e["step"] <= 40)
+    assert any("proposal" in e for e in entries if e["step"] <= 40)
+    assert any(e.get("screened") for e in entries if e["step"] > 40)
+    for e in entries:
+        if "proposal" in e:
+            assert not e["accepted"] and e["proposal"]["K"] == pytest.approx(fake_score(
+                ProtoModel.from_dict(e["proposal"]["model"]))["K"], abs=1e-12)
+    # the same seed without screening walks as before: no new fields, other steps
+    run_walker(tmp_path / "plain", seed, fake_score, 120, SPACE, checkpoint_every=7)
+    plain = read_history(tmp_path / "plain")
+    assert not any("screened" in e or "proposal" in e for e in plain)
+    assert plain[:40] == [{k: v for k, v in e.items() if k != "proposal"} for e in entries[:40]]
+
+
+@pytest.mark.parametrize("corrected", [True, False])
+def test_retrained_screen_keeps_the_frequencies_exact(corrected, monkeypatch, tmp_path):
+    """The run-level test: a chain retrained on its schedule (a linear regressor: a
+    deliberately poor surrogate of a K of the particle content) still visits the particle
+    sets with exp(K/2) frequencies after its last training; without the second stage's
+    correction it does not."""
+    import math
+    from collections import Counter
+
+    import numpy as np
+    from scipy import stats
+    from sklearn.linear_model import LinearRegression
+
+    from protomodels import screening
+    from protomodels.moves import Space
+
+    from .test_moves import SETS
+
+    monkeypatch.setattr(screening, "_regressor", lambda seed: LinearRegression())
+    if not corrected:
+        monkeypatch.setattr(walker, "second_stage_log_ratio",
+                            lambda K_new, K_old, s_new, s_old, T: (K_new - K_old) / (2.0 * T))
+    space = Space(candidates=(LSP, 1000021, 1000006, 1000024),  # start_model: LSP 200-500
+                  mass_ranges={LSP: (200.0, 240.0), 1000021: (400.0, 2400.0),
+                               1000006: (600.0, 2400.0), 1000024: (350.0, 2400.0)})
+    score = lambda model: {"K": fake_K(model)}  # noqa: E731
+    run_walker(tmp_path / "w", walker_seeds(3, 1)[0], score, 30000, space,
+               checkpoint_every=1000, settings=ChainSettings(screen_train_at=(300, 1000, 2000)))
+    entries = read_history(tmp_path / "w", check=False)
+    counts = Counter(tuple(sorted(PIDS[n] for n in e["model"]["masses"] if PIDS[n] != LSP))
+                     for e in entries if e["step"] > 2000 and e["step"] % 40 == 0)
+    weights = np.array([math.exp(fake_K(ProtoModel(masses={LSP: 220.0, **{p: 1000.0 for p in s}})) / 2)
+                        for s in SETS])
+    observed = np.array([counts[s] for s in SETS], dtype=float)
+    p_value = stats.chisquare(observed, weights / weights.sum() * observed.sum()).pvalue
+    assert p_value > 0.001 if corrected else p_value < 1e-6
+    screened = sum(bool(e.get("screened")) for e in entries if e["step"] > 2000)
+    assert screened > 0.05 * (len(entries) - 2000)
