@@ -163,6 +163,11 @@ def one_blas_thread() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+#: Each chain's screen in this process, kept across rounds: a runner continues a chain
+#: round after round (every swap_every steps), and retraining is deterministic but costly.
+_SCREENS: Dict[Path, Any] = {}
+
+
 @dataclass(frozen=True)
 class ChainSettings:
     """How one chain proposes and screens, as its run records it: ``mass_steps`` (GeV,
@@ -236,8 +241,13 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
 
         screen = Screen(settings.screen_train_at, int(seed.generate_state(1)[0]))
         trained = screen.last_due(first - 1)
-        if trained is not None:  # a resumed chain retrains what it had: the same function
+        kept = _SCREENS.get(folder.resolve())
+        if kept is not None and (kept.train_at, kept.seed, kept.trained_at) == (
+                screen.train_at, screen.seed, trained):
+            screen = kept  # this process trained it in an earlier round of the run
+        elif trained is not None:  # a resumed chain retrains what it had: the same function
             screen.train(read_history(folder, check=False), trained)
+        _SCREENS[folder.resolve()] = screen
     last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
     clock = time.perf_counter()

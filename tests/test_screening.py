@@ -72,6 +72,7 @@ def fake_K_any(model):
 
 # ------------------------------------------------------------------ screened runs
 
+from protomodels import runs  # noqa: E402
 from protomodels.runs import ChainSettings, read_history, run_walker, walker_seeds  # noqa: E402
 
 from .test_runs import SPACE, fake_score  # noqa: E402
@@ -83,12 +84,16 @@ def test_a_screened_chain_resumes_exactly_and_records_its_screening(tmp_path):
     seed = walker_seeds(11, 1)[0]
     run_walker(tmp_path / "full", seed, fake_score, 120, SPACE, settings=SCREENED,
                checkpoint_every=7)
-    run_walker(tmp_path / "split", seed, fake_score, 60, SPACE, settings=SCREENED,
-               checkpoint_every=7)  # stops between the two trainings
-    run_walker(tmp_path / "split", seed, fake_score, 60, SPACE, settings=SCREENED,
-               checkpoint_every=7, resume=True)
     full = (tmp_path / "full/history.jsonl").read_bytes()
-    assert (tmp_path / "split/history.jsonl").read_bytes() == full
+    for fresh_process in (False, True):  # the screen kept from the last round, or retrained
+        split = tmp_path / f"split-{fresh_process}"
+        run_walker(split, seed, fake_score, 60, SPACE, settings=SCREENED,
+                   checkpoint_every=7)  # stops between the two trainings
+        if fresh_process:
+            runs._SCREENS.clear()
+        run_walker(split, seed, fake_score, 60, SPACE, settings=SCREENED,
+                   checkpoint_every=7, resume=True)
+        assert (split / "history.jsonl").read_bytes() == full
     entries = read_history(tmp_path / "full")  # schema-checked, the new fields included
     # up to the first training: plain steps, whose rejected proposals are recorded to train on
     assert not any(e.get("screened") for e in entries if e["step"] <= 40)
