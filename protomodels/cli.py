@@ -302,6 +302,31 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
     click.echo(f"wrote {path}")
 
 
+def screen_options(func: Callable) -> Callable:
+    """--screen and --screen-train-at, for walk and fakes alike."""
+    func = click.option("--screen-train-at", default=None, metavar="S1,S2,...",
+                        help="--screen with these training steps instead.")(func)
+    return click.option("--screen", is_flag=True, default=False,
+                        help="Screen proposals with a learned K (exact delayed acceptance), "
+                             "retrained after steps 100, 200, 400, 800, then frozen.")(func)
+
+
+def _screen_schedule(screen: bool, train_at: Optional[str]) -> Optional[List[int]]:
+    """walk's screening schedule from --screen / --screen-train-at (None: neither given)."""
+    from .screening import DEFAULT_TRAIN_AT
+
+    if train_at is None:
+        return list(DEFAULT_TRAIN_AT) if screen else None
+    try:
+        steps = sorted({int(t) for t in train_at.split(",")})
+    except ValueError:
+        steps = []
+    if not steps or steps[0] < 1:
+        raise click.UsageError(f"--screen-train-at {train_at!r}: expected step numbers >= 1, "
+                               "e.g. 100,200,400")
+    return steps
+
+
 @cli.command()
 @click.option("--walkers", type=click.IntRange(min=1), default=None,
               help="Chains, rounded up to whole ladders [default: the number of cores].")
@@ -334,11 +359,7 @@ def rescore(run_dir: Path, likelihood: str, top: Optional[int], database_path) -
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS), default=None,
               help="Statistical model of pyhf results [default: simplified; a resumed run "
                    "keeps its own].")
-@click.option("--screen", is_flag=True, default=False,
-              help="Screen proposals with a learned K (exact delayed acceptance), retrained "
-                   "after steps 100, 200, 400, 800 and frozen from then on.")
-@click.option("--screen-train-at", default=None, metavar="S1,S2,...",
-              help="--screen with these training steps instead.")
+@screen_options
 @database_option
 @_handle_errors
 def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, processes, r_limit,
@@ -388,22 +409,6 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
         sys.exit(1)
     if summary["interrupted"]:
         sys.exit(130)
-
-
-def _screen_schedule(screen: bool, train_at: Optional[str]) -> Optional[List[int]]:
-    """walk's screening schedule from --screen / --screen-train-at (None: neither given)."""
-    from .screening import DEFAULT_TRAIN_AT
-
-    if train_at is None:
-        return list(DEFAULT_TRAIN_AT) if screen else None
-    try:
-        steps = sorted({int(t) for t in train_at.split(",")})
-    except ValueError:
-        steps = []
-    if not steps or steps[0] < 1:
-        raise click.UsageError(f"--screen-train-at {train_at!r}: expected step numbers >= 1, "
-                               "e.g. 100,200,400")
-    return steps
 
 
 def _run_database(run_dir: Path, database_path: Optional[str], likelihood: Optional[str]):
@@ -674,17 +679,21 @@ def _ladder(text: str) -> List[float]:
               help="Run each fake's walkers as Dask tasks (see walk --cluster).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None)
 @likelihood_option
+@screen_options
 @database_option
 @_handle_errors
 def fakes(count, seed, walkers, steps, out, ladder, swap_every, temperature, r_limit, inject,
-          fudge, noise, cluster, jobs, likelihood, database_path) -> None:
+          fudge, noise, cluster, jobs, likelihood, screen, screen_train_at,
+          database_path) -> None:
     """Batch: COUNT fake databases and a walker run on each; then
     `protomodels pvalue REAL_RUN OUT/run-*` (or `protomodels closure OUT/run-*` with --inject)."""
     from .pvalue import run_fakes, run_summary
 
     temperatures = _temperatures(ladder, temperature)
     options = {k: v for k, v in (("ladder", temperatures), ("swap_every", swap_every),
-                                 ("r_limit", r_limit)) if v is not None}
+                                 ("r_limit", r_limit),
+                                 ("screen_train_at", _screen_schedule(screen, screen_train_at)))
+               if v is not None}
     options["likelihood"] = likelihood
     runs = run_fakes(out, count=count, seed=seed, walkers=walkers, steps=steps,
                      base=database_path, inject=inject, fudge=fudge, noise=noise,
