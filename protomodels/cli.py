@@ -634,7 +634,7 @@ def closure(runs, injected: Optional[Path], window: float, fits: bool, max_evalu
 
     report = study.closure(runs, injected=injected, window=window, fits=fits,
                            max_evaluations=max_evaluations)
-    _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
+    _emit(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n" if as_json
           else study.format_closure(report) + "\n", output_file)
 
 

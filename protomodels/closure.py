@@ -21,8 +21,9 @@ maximises K is right not to find it.  The injected model is polished
 (``polish.polish_model``, masses, multipliers and BRs) on the run's own score, and so is
 the injected model without each of its particles in turn; a particle is *preferred* on
 that fake when the first K is higher.  The walk's best K minus the polished injected K
-(``search_gap``) tells a search that fell short (negative) from one that found the
-injected model or a better one.
+(``search_gap``, against the injected model as injected and polished) tells a search
+that fell short (negative) from one that found the injected model or a better one.
+Differences of polished K below ``UNDECIDED`` are left undecided.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA = "protomodels.closure/1"
 DEFAULT_WINDOW = 200.0  # GeV, the paper's
+UNDECIDED = 0.1  # |delta K| below which a reference fit prefers neither model
 _KINDS = {
     "top partner": (1000006, 2000006),
     "light-quark partner": (1000001, 1000002, 1000003, 1000004),
@@ -139,6 +141,12 @@ def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> Prot
         return _read_injected(path, f"{record}: field 'injected.slha'")
 
 
+def _fitted_K(fit: Dict[str, Any]) -> Optional[float]:
+    """The polished K of a ``polish_model`` result; None when no point had a finite K."""
+    k = float(fit["record"]["K"]) if fit["record"] else -math.inf
+    return k if math.isfinite(k) else None
+
+
 def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_EVALUATIONS,
                    space: Optional[Space] = None) -> Dict[str, Any]:
     """Which of ``model``'s particles K prefers under ``score`` (module docstring): the
@@ -146,13 +154,15 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
     with at most ``max_evaluations`` evaluations of ``score``.
 
     Returns ``{"K_start", "K", "evaluations", "seconds", "without": [{"particle", "kind",
-    "mass", "K", "delta_K", "preferred", "note"}]}``, particles by rising mass; K values
-    are the polished ones, delta_K = K(model) - K(without the particle).  A particle the
-    walker's Freeze could not remove alone (the lighter of an ordered pair, one that
-    another particle decays into) has K, delta_K and preferred None and a note."""
+    "mass" (GeV), "K", "delta_K", "preferred", "note"}]}``, particles by rising mass; K
+    values are the polished ones, delta_K = K(model) - K(without the particle).
+    ``preferred`` is None (undecided, with a note) when |delta_K| < UNDECIDED (two local
+    optima of different dimension, each found with a finite budget), when a K is not
+    finite, or for a particle the walker's Freeze could not remove alone (the lighter of
+    an ordered pair, one that another particle decays into)."""
     space = space or Space()
     fit = polish_model(model, score, max_evaluations, space)
-    k_full = float(fit["record"]["K"]) if fit["record"] else -math.inf
+    k_full = _fitted_K(fit)
     evaluations, seconds = fit["evaluations"], fit["seconds"]
     rows = []
     for pid in sorted((p for p in model.masses if p != LSP), key=lambda p: model.masses[p]):
@@ -161,14 +171,23 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
         reduced = remove_particle(model, pid)
         if pid not in freezable(model) or log_reference(reduced, space) == -math.inf:
             row["note"] = "cannot be removed alone (an ordered pair, or a decay into it)"
+            rows.append(row)
+            continue
+        without = polish_model(reduced, score, max_evaluations, space)
+        evaluations += without["evaluations"]
+        seconds += without["seconds"]
+        row["K"] = k = _fitted_K(without)
+        if k is None or k_full is None:
+            row["note"] = "no finite K: undecided"
         else:
-            without = polish_model(reduced, score, max_evaluations, space)
-            evaluations += without["evaluations"]
-            seconds += without["seconds"]
-            k = float(without["record"]["K"]) if without["record"] else -math.inf
-            row.update(K=k, delta_K=k_full - k, preferred=bool(k_full > k))
+            row["delta_K"] = k_full - k
+            if abs(k_full - k) < UNDECIDED:
+                row["note"] = f"|delta K| < {UNDECIDED:g}: undecided"
+            else:
+                row["preferred"] = bool(k_full > k)
         rows.append(row)
-    return {"K_start": fit["K_start"], "K": k_full, "evaluations": evaluations,
+    start = fit["K_start"] if math.isfinite(fit["K_start"]) else None
+    return {"K_start": start, "K": k_full, "evaluations": evaluations,
             "seconds": seconds, "without": rows}
 
 
@@ -183,7 +202,9 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
 
     With ``fits``, each run also gets ``reference`` (``reference_fits`` of the injected
     model on the run's score, ``score_of(run_dir)``: by default the run's own database,
-    likelihood and r_limit) and ``search_gap`` (best K - the polished injected K), and
+    likelihood and r_limit) and ``search_gap`` (the walk's best K minus the injected
+    model's K as injected, ``K_start``, and polished, ``K``: the walk's best is not
+    polished, so the second is biased low by about the polishing gain), and
     the rates gain, per injected particle, how often K prefers it and how often it was
     found where K prefers it.  Costly: (1 + particles) x ``max_evaluations`` evaluations
     a run, about 2 minutes a run for the paper's model on a fake database.
@@ -212,8 +233,11 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
                "masses": summary["masses"], **match(truth, best, window)}
         if fits:
             logger.info("%s: reference fits of the injected model", summary["run"])
-            row["reference"] = reference_fits(model, score_of(Path(run_dir)), max_evaluations)
-            row["search_gap"] = summary["best_K"] - row["reference"]["K"]
+            reference = reference_fits(model, score_of(Path(run_dir)), max_evaluations)
+            row["reference"] = reference
+            row["search_gap"] = {  # the walk's best K against the injected model's
+                key: None if reference[key] is None else summary["best_K"] - reference[key]
+                for key in ("K_start", "K")}
         rows.append(row)
     n = len(rows)
     rates = []
@@ -254,6 +278,10 @@ def _preference_rates(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return rates
 
 
+def _number(value: Optional[float], spec: str = ".2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def format_closure(report: Dict[str, Any]) -> str:
     """The report as text: one line per run, then the rates."""
     lines = [f"{'run':<28} {'best K':>7}  best model (GeV); found / spurious"]
@@ -268,11 +296,13 @@ def format_closure(report: Dict[str, Any]) -> str:
                      f"{verdict}; spurious: {spurious}")
         if "reference" in row:
             ref = row["reference"]
-            deltas = ", ".join(f"{w['particle']} {w['delta_K']:+.2f}" if w["delta_K"] is not None
-                               else f"{w['particle']} (not removable)" for w in ref["without"])
-            lines.append(f"{'':<28} {'':>7}  injected, polished: K {ref['K']:.2f} "
-                         f"(search gap {row['search_gap']:+.2f}); K gained by each "
-                         f"particle: {deltas}")
+            deltas = ", ".join(f"{w['particle']} {_number(w['delta_K'], '+.2f')}"
+                               + ("" if w["preferred"] is not None else f" ({w['note']})")
+                               for w in ref["without"])
+            gap = row["search_gap"]
+            lines.append(f"{'':<28} {'':>7}  injected: K {_number(ref['K_start'])}, polished "
+                         f"{_number(ref['K'])} (search gap {_number(gap['K_start'], '+.2f')} / "
+                         f"{_number(gap['K'], '+.2f')}); K gained by each particle: {deltas}")
     for rate in report["rates"]:
         low, high = rate["interval_68"]
         lines.append(f"{rate['what']}: {rate['k']}/{rate['n']} "

@@ -225,7 +225,8 @@ def posterior(run_dir: Path, burn_in: Optional[int] = None, bins: int = 20) -> D
     """The posterior of the run in ``run_dir`` from its T = 1 chains (module docstring).
 
     ``burn_in``: steps dropped from the start of each chain (default: half of the steps
-    the T = 1 chains have in common).  Chains of unequal length (a crashed or interrupted
+    the T = 1 chains have in common, and at least up to a screened run's last training
+    of its learned K).  Chains of unequal length (a crashed or interrupted
     one) are cut to the shortest, so that every chain gives the same steps.  ``bins``:
     equal-width bins of each mass histogram, between the smallest and largest sample.
 
@@ -251,8 +252,12 @@ def posterior(run_dir: Path, burn_in: Optional[int] = None, bins: int = 20) -> D
         logger.warning("%s: the T = 1 chains have %s steps: using the first %d of each",
                        run_dir, ", ".join(f"walker-{c} {n}" for c, n in lengths.items()), steps)
     default_burn_in = burn_in is None
-    if burn_in is None:
-        burn_in = steps // 2
+    adapted = max(read_run_config(run_dir).get("screen_train_at") or [0])
+    if burn_in is None:  # a screened chain adapts up to its last training: not exact before
+        burn_in = max(steps // 2, adapted)
+    elif burn_in < adapted:
+        logger.warning("%s: --burn-in %d keeps steps before the screen's last training "
+                       "(step %d), which are not exact samples", run_dir, burn_in, adapted)
     if burn_in < 0:
         raise RunError(f"--burn-in {burn_in}: must not be negative")
     if burn_in >= steps:

@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -239,14 +239,24 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     if settings.screen_train_at:
         from .screening import Screen
 
+        from threadpoolctl import threadpool_limits
+
+        from .screening import Screen, fingerprint
+
+        threadpool_limits(limits=1)  # a walker is one thread; OpenMP start-up costs ~20 ms a call
         screen = Screen(settings.screen_train_at, int(seed.generate_state(1)[0]))
         trained = screen.last_due(first - 1)
         kept = _SCREENS.get(folder.resolve())
-        if kept is not None and (kept.train_at, kept.seed, kept.trained_at) == (
-                screen.train_at, screen.seed, trained):
-            screen = kept  # this process trained it in an earlier round of the run
-        elif trained is not None:  # a resumed chain retrains what it had: the same function
-            screen.train(read_history(folder, check=False), trained)
+        if trained is not None:
+            entries = read_history(folder, check=False)
+            if (kept is not None and (kept.train_at, kept.seed, kept.trained_at) ==
+                    (screen.train_at, screen.seed, trained)
+                    and kept.data == fingerprint(entries, trained)):
+                screen = kept  # this process trained it on the same data, a round ago
+            else:  # a resumed chain retrains what it had: the same function
+                screen.train(entries, trained)
+        if len(_SCREENS) > 256:  # a long-lived (Dask) worker: keep the recent ones
+            _SCREENS.clear()
         _SCREENS[folder.resolve()] = screen
     last = (first - 1, model, store.size(), record)
     rng_after_last = rng.bit_generator.state
@@ -495,7 +505,9 @@ def validate_config(values: Any, source: str) -> None:
 def _versions(db) -> Dict[str, Any]:
     from smodels import installation
     from . import __version__
+    from .screening import sklearn_version
     return {"protomodels": __version__, "smodels": installation.version(),
+            "scikit-learn": sklearn_version(),
             "database": db.version if db else None, "database_sha256": db.sha256 if db else None,
             "database_path": db.path if db else None,
             "database_fake": db.fake if db else None}
@@ -537,6 +549,7 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
     if not resume:
         validate_config({k: v for k, v in asdict(config).items() if k != "processes"},
                         "walk configuration")
+        config.screen_train_at = sorted(config.screen_train_at)
     with sole_writer(out / "run.lock", RunError, "this run"):
         return _walk(config, out, resume, score_factory, runner or LocalRunner())
 
@@ -556,6 +569,9 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
     ladder = ladder_of(config)
+    if config.screen_train_at:  # before any chain starts, not at its first training
+        from .screening import require_sklearn
+        require_sklearn()
     # Steps each chain has done.  On resume its checkpoint is read here, so a broken one
     # stops the run before any chain starts; none yet: it stopped during its first
     # evaluation and starts again from its seed.

@@ -13,12 +13,17 @@ deterministic function of those history lines and the chain's seed, so a resumed
 retrains the regressor it had instead of storing it.
 
 The regressor is scikit-learn's ``HistGradientBoostingRegressor`` (chosen for: no feature
-scaling needed, fast to train on thousands of points, deterministic for a given
-``random_state`` without early stopping, and a small, well-kept dependency).
+scaling needed, fast to train on thousands of points, deterministic without early
+stopping and with one thread, and a small, well-kept dependency).  A resumed chain
+retrains with the scikit-learn it has; run.json records the version a run started with.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
+import logging
 import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -28,6 +33,7 @@ from .exceptions import RunError
 from .model import CHANNELS, LSP, NAMES, ProtoModel, ssm_key
 from .xsec import reference_xsecs
 
+logger = logging.getLogger(__name__)
 #: Train after these steps unless a run says otherwise (``walk --screen``).
 DEFAULT_TRAIN_AT = (100, 200, 400, 800)
 MIN_POINTS = 30  # fewer scored models than this: no screen yet
@@ -35,25 +41,30 @@ _PIDS = tuple(sorted(NAMES))
 _CHANNELS = tuple((pid, spec.name) for pid in _PIDS for spec in CHANNELS.get(pid, ()))
 
 
-def _process_keys() -> Tuple[Tuple[int, int], ...]:
+@functools.lru_cache(maxsize=1)
+def _processes() -> Tuple[Tuple[int, int], ...]:
+    """Every production process (multiplier key) any spectrum of the candidates has."""
     keys = set()
-    for low, high in ((200.0, 210.0), (1000.0, 1010.0)):  # every pair any spectrum produces
+    for low, high in ((200.0, 210.0), (1000.0, 1010.0)):
         masses = {pid: high for pid in _PIDS}
         masses[LSP] = low
         keys |= {ssm_key(*pair) for pair in reference_xsecs(masses, 13)}
     return tuple(sorted(keys))
 
 
-_PROCESSES = _process_keys()
-N_FEATURES = 3 * len(_PIDS) + len(_CHANNELS) + len(_PROCESSES)
+def n_features() -> int:
+    """The length of ``encode``'s vector."""
+    return 3 * len(_PIDS) + len(_CHANNELS) + len(_processes())
 
 
 def encode(model: ProtoModel) -> np.ndarray:
-    """The fixed-length encoding of ``model``, shape (N_FEATURES,): per candidate particle
-    (by pid) its presence, mass and mass gap to the LSP in TeV (0 when absent); per decay
-    channel of ``model.CHANNELS`` its BR; per production process its log10 multiplier
-    (1e-3 for 0; processes the model does not store: 0, i.e. multiplier 1)."""
-    x = np.zeros(N_FEATURES)
+    """The fixed-length encoding of ``model``, shape (``n_features()``,): per candidate
+    particle (by pid) its presence, mass and mass gap to the LSP in TeV (0 when absent);
+    per decay channel of ``model.CHANNELS`` its BR; per production process its log10
+    multiplier, floored at 1e-3 (so 0 gives -3; a process the model does not store: 0,
+    i.e. multiplier 1)."""
+    processes = _processes()
+    x = np.zeros(n_features())
     lsp = model.masses[LSP]
     for i, pid in enumerate(_PIDS):
         if pid in model.masses:
@@ -63,17 +74,35 @@ def encode(model: ProtoModel) -> np.ndarray:
     for j, (pid, channel) in enumerate(_CHANNELS):
         x[offset + j] = model.decays.get(pid, {}).get(channel, 0.0)
     offset += len(_CHANNELS)
-    for k, key in enumerate(_PROCESSES):
+    for k, key in enumerate(processes):
         if key in model.ssm:
             x[offset + k] = math.log10(max(model.ssm[key], 1e-3))
     return x
 
 
+def require_sklearn() -> None:
+    """Raise ``RunError`` (with the install command) unless scikit-learn is importable:
+    checked when a screened run starts, not at its first training 100 steps later."""
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise RunError("--screen needs scikit-learn: pip install 'protomodels[screen]'") from None
+
+
+def sklearn_version() -> Optional[str]:
+    try:
+        import sklearn
+    except ImportError:
+        return None
+    return sklearn.__version__
+
+
 def _regressor(seed: int):
+    """A fresh, unfitted regressor (replaced by tests with a deliberately poor one)."""
     try:
         from sklearn.ensemble import HistGradientBoostingRegressor
     except ImportError:
-        raise RunError("screening needs scikit-learn: pip install 'protomodels[screen]'") from None
+        raise RunError("--screen needs scikit-learn: pip install 'protomodels[screen]'") from None
     return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1,
                                          early_stopping=False, random_state=seed)
 
@@ -83,12 +112,12 @@ class KSurrogate:
 
     def __init__(self, seed: int):
         self.seed = int(seed)
-        self.points = 0
         self._fitted = None
 
     def fit(self, models: Sequence[ProtoModel], ks: Sequence[float]) -> "KSurrogate":
-        """Train on ``models`` and their K (non-finite K are left out); ValueError with
-        fewer than MIN_POINTS finite ones."""
+        """Train on ``models`` and their K (non-finite K are left out), with one thread so
+        that the fit is the same on any machine; ValueError with fewer than MIN_POINTS
+        finite ones."""
         pairs = [(m, k) for m, k in zip(models, ks) if math.isfinite(k)]
         if len(pairs) < MIN_POINTS:
             raise ValueError(f"{len(pairs)} scored models: need at least {MIN_POINTS}")
@@ -97,14 +126,14 @@ class KSurrogate:
         x = np.array([encode(m) for m, _ in pairs])
         y = np.array([k for _, k in pairs])
         regressor = _regressor(self.seed)
-        # one thread: the same fit whatever the machine, and a prediction in ~1 ms instead
-        # of ~20 ms of OpenMP start-up (walkers are single-threaded processes anyway)
-        threadpool_limits(limits=1)
-        regressor.fit(x, y)
-        self._fitted, self.points = regressor, len(pairs)
+        with threadpool_limits(limits=1):
+            regressor.fit(x, y)
+        self._fitted = regressor
         return self
 
     def predict(self, model: ProtoModel) -> float:
+        """The learned K of ``model``; ValueError before ``fit``.  About 1 ms in a process
+        limited to one thread (a walker), about 20 ms with OpenMP's start-up per call."""
         if self._fitted is None:
             raise ValueError("the surrogate is not trained")
         return float(self._fitted.predict(encode(model)[None, :])[0])
@@ -137,6 +166,7 @@ class Screen:
         self.seed = int(seed)
         self.surrogate: Optional[KSurrogate] = None
         self.trained_at: Optional[int] = None
+        self.data: Optional[str] = None  # fingerprint of the training data
         self._memo: Dict[bytes, float] = {}  # the chain's state is asked about every step
 
     def due(self, step: int) -> bool:
@@ -149,17 +179,21 @@ class Screen:
         return done[-1] if done else None
 
     def train(self, entries: Sequence[Dict[str, Any]], step: int) -> None:
-        """Retrain on the history lines up to ``step``; with too few scored models the
-        chain stays unscreened until the next training step."""
+        """Retrain on the history lines up to ``step``; with fewer than MIN_POINTS scored
+        models the chain stays unscreened until the next training step (logged)."""
         models, ks = scored_models(entries, step)
-        try:
-            self.surrogate = KSurrogate(self.seed).fit(models, ks)
-        except ValueError:
-            self.surrogate = None
-        self.trained_at = step
-        self._memo.clear()
+        surrogate = None
+        if sum(math.isfinite(k) for k in ks) >= MIN_POINTS:
+            surrogate = KSurrogate(self.seed).fit(models, ks)
+        else:
+            logger.warning("step %d: %d scored models, fewer than %d: no screen until the "
+                           "next training", step, len(ks), MIN_POINTS)
+        # all at once: an interrupted training leaves the previous screen whole
+        self.surrogate, self.trained_at, self.data = surrogate, step, fingerprint(entries, step)
+        self._memo = {}
 
     def __call__(self, model: ProtoModel) -> Optional[float]:
+        """The learned K of ``model`` (memoised per encoding), or None before a training."""
         if self.surrogate is None:
             return None
         key = encode(model).tobytes()
@@ -168,3 +202,14 @@ class Screen:
                 self._memo.clear()
             self._memo[key] = self.surrogate.predict(model)
         return self._memo[key]
+
+
+def fingerprint(entries: Iterable[Dict[str, Any]], step: int) -> str:
+    """sha256 of the history lines up to ``step``: what a screen trained at ``step`` was
+    trained on, so that a kept screen is reused only for the very same data."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        if entry["step"] > step:
+            break
+        digest.update(json.dumps(entry, sort_keys=True).encode())
+    return digest.hexdigest()

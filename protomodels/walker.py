@@ -9,9 +9,10 @@ proposal is first screened by *delayed acceptance* (Christen and Fox, J. Comput.
 Stat. 14 (2005) 795; SPEC section 9): stage 1 accepts it with the full Metropolis-Hastings
 ratio of the move (reference measure, proposal densities and move-selection weights) on
 the surrogate target exp(s / 2T); only a survivor is scored, and stage 2 accepts it with
-min(1, exp[(K' - K)/2T - (s' - s)/2T]).  The chain's target stays exp(K / 2T) exactly,
-whatever s is, as long as s does not depend on the chain's future (the caller may change
-it between steps only on a schedule fixed in advance).
+min(1, exp[(K' - K)/2T - (s' - s)/2T]).  With a fixed s the chain's target stays
+exp(K / 2T) exactly, whatever s is; a caller that retrains s from the chain's past makes
+it an adaptive chain until it stops retraining (``screening``: a recorded schedule, then
+frozen).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from .model import ProtoModel
 from .moves import Move, choose
 
-Screen = Callable[[ProtoModel], Optional[float]]  # None: no screen at this step
+ScreenFunction = Callable[[ProtoModel], Optional[float]]  # None: no screen for that model
 
 
 @dataclass
@@ -57,13 +58,14 @@ def second_stage_log_ratio(K_new: float, K_old: float, s_new: float, s_old: floa
 def sample(model: ProtoModel, K: float, score: Callable[[ProtoModel], float],
            moves: Sequence[Tuple[Move, float]], rng: np.random.Generator, steps: int,
            temperature: float = 1.0, first_step: int = 1,
-           screen: Optional[Screen] = None) -> Iterator[Step]:
+           screen: Optional[ScreenFunction] = None) -> Iterator[Step]:
     """Run ``steps`` Metropolis-Hastings steps from ``model`` (whose K is given); with
     ``screen``, by delayed acceptance (module docstring).  ``screen`` is called afresh at
     every step, for the state and then the proposal, so a caller may replace the
-    surrogate it wraps between two steps; a step where it returns None is a plain one.
-    A plain step draws exactly the random numbers of plain Metropolis-Hastings; a
-    screened one draws one uniform more when its first stage passes."""
+    surrogate it wraps between two steps; a step where it returns None for either is a
+    plain one (exact: the choice is symmetric in the two states).  A plain step draws
+    exactly the random numbers of plain Metropolis-Hastings; a screened one draws a
+    uniform for each stage whose log ratio is negative."""
     for step in range(first_step, first_step + steps):
         move, log_weights = choose(moves, rng)
         proposal = move.propose(model, rng)
@@ -72,11 +74,11 @@ def sample(model: ProtoModel, K: float, score: Callable[[ProtoModel], float],
         if proposal is not None and proposal.log_ratio > -math.inf:
             log_q = proposal.log_ratio + log_weights
             s_old = None if screen is None else screen(model)
-            if s_old is None:
+            s_new = None if s_old is None else screen(proposal.model)
+            if s_old is None or s_new is None:  # a plain step (a choice symmetric in x, x')
                 scored = score(proposal.model)
                 log_alpha = (scored - K) / (2.0 * temperature) + log_q
             else:
-                s_new = screen(proposal.model)
                 log_first = (s_new - s_old) / (2.0 * temperature) + log_q
                 if log_first >= 0 or rng.random() < math.exp(log_first):
                     scored = score(proposal.model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from scipy import stats
@@ -109,6 +110,17 @@ def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
     rows = reference_fits(pair, toy_score, max_evaluations=5)["without"]
     assert rows[0]["particle"] == "Xt" and rows[0]["preferred"] is None and rows[0]["note"]
     assert rows[1]["particle"] == "Xt2" and rows[1]["preferred"] is not None
+    # nor one that another particle decays into
+    chain = ProtoModel(masses={LSP: 100.0, PIDS["XZ2"]: 300.0, PIDS["Xd"]: 800.0},
+                       decays={PIDS["XZ2"]: {"h XZ1": 1.0}, PIDS["Xd"]: {"q XZ2": 1.0}})
+    rows = reference_fits(chain, toy_score, max_evaluations=5)["without"]
+    assert [(w["particle"], w["preferred"], bool(w["note"])) for w in rows] == [
+        ("XZ2", None, True), ("Xd", False, False)]  # the toy K charges Xd 0.4
+    # no finite K anywhere: undecided, and nothing that is not JSON
+    nowhere = reference_fits(injected, lambda m: {"K": -math.inf}, max_evaluations=5)
+    assert nowhere["K"] is None and nowhere["K_start"] is None
+    assert all(w["preferred"] is None and w["delta_K"] is None for w in nowhere["without"])
+    json.dumps(nowhere, allow_nan=False)
 
     runs = []
     for seed in (1, 2):
@@ -121,7 +133,8 @@ def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
                      score_of=lambda run: seen.append(run) or toy_score)
     assert seen == runs
     for row in report["runs"]:
-        assert row["search_gap"] == pytest.approx(row["best_K"] - 2.6, abs=1e-9)
+        assert row["search_gap"]["K"] == pytest.approx(row["best_K"] - 2.6, abs=1e-9)
+        assert row["search_gap"]["K_start"] == pytest.approx(row["best_K"] - 2.6, abs=1e-9)
     rates = {r["what"]: (r["k"], r["n"]) for r in report["rates"]}
     assert rates["K prefers Xd (light-quark partner) to its absence"] == (0, 2)
     assert rates["K prefers Xt (top partner) to its absence"] == (2, 2)

@@ -71,9 +71,10 @@ SETS = [(), (1000021,), (1000006,), (1000024,), (1000006, 1000021), (1000021, 10
         (1000006, 1000024), (1000006, 1000021, 1000024)]
 
 
-def set_frequencies_p_value(steps: int = 120000, seed: int = 2024, **sample_options) -> float:
+def set_frequencies_p_value(steps: int = 120000, seed: int = 2024, temperature: float = 1.0,
+                            **sample_options) -> float:
     """The chi-square p-value of the 8 particle sets' visit frequencies (thinned) against
-    exp(fake_K / 2) normalised, for a chain of ``steps`` steps of ``sample``."""
+    exp(fake_K / 2T) normalised, for a chain of ``steps`` steps of ``sample``."""
     space = Space(candidates=(LSP, 1000021, 1000006, 1000024),
                   mass_ranges={LSP: (50.0, 90.0), 1000021: (400.0, 2400.0),
                                1000006: (600.0, 2400.0), 1000024: (350.0, 2400.0)})
@@ -83,11 +84,12 @@ def set_frequencies_p_value(steps: int = 120000, seed: int = 2024, **sample_opti
     counts = Counter()
     burn, thin = 2000, 40  # the particle set is autocorrelated over ~tens of steps
     moves = [(m, w * (2.5 if m.name == "unfreeze" else 1.0)) for m, w in default_moves(space)]
-    for step in sample(model, fake_K(model), fake_K, moves, rng, steps=steps, **sample_options):
+    for step in sample(model, fake_K(model), fake_K, moves, rng, steps=steps,
+                       temperature=temperature, **sample_options):
         if step.step > burn and step.step % thin == 0:
             counts[tuple(sorted(p for p in step.model.masses if p != LSP))] += 1
-    weights = np.array([math.exp(fake_K(ProtoModel(masses={LSP: 70.0, **{p: 1000.0 for p in s}})) / 2)
-                        for s in SETS])
+    weights = np.array([math.exp(fake_K(ProtoModel(masses={LSP: 70.0, **{p: 1000.0 for p in s}}))
+                                 / (2.0 * temperature)) for s in SETS])
     observed = np.array([counts[s] for s in SETS], dtype=float)
     expected = weights / weights.sum() * observed.sum()
     return float(stats.chisquare(observed, expected).pvalue)

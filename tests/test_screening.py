@@ -22,7 +22,8 @@ def wrong_screen(model):
 
 
 def test_delayed_acceptance_keeps_exp_half_K_with_a_wrong_surrogate():
-    assert set_frequencies_p_value(steps=60000, screen=wrong_screen) > 0.001
+    # at T = 2: a temperature missing from either stage would show
+    assert set_frequencies_p_value(steps=60000, temperature=2.0, screen=wrong_screen) > 0.001
 
 
 def test_screened_steps_are_not_scored():
@@ -47,20 +48,44 @@ def test_screened_steps_are_not_scored():
     assert len(calls) == sum(s.proposal_K is not None for s in steps)
 
 
-def test_the_same_seed_trains_the_same_surrogate():
+def test_the_fit_is_the_same_with_any_number_of_threads(tmp_path):
+    """A resumed chain retrains its regressor, perhaps on another machine: the fit must
+    not depend on the threads available (it runs with one)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
     import numpy as np
 
     from protomodels.moves import Space, default_moves
     from protomodels.runs import start_model
-    from protomodels.screening import KSurrogate, N_FEATURES, encode
+    from protomodels.screening import KSurrogate, encode, n_features
 
     rng = np.random.default_rng(3)
     models = [s.model for s in walker.sample(start_model(rng, Space()), 0.0, fake_K_any,
                                              default_moves(Space()), rng, 300, temperature=5.0)]
     ks = [fake_K_any(m) for m in models]
-    assert encode(models[0]).shape == (N_FEATURES,)
-    a, b = KSurrogate(1).fit(models, ks), KSurrogate(1).fit(models, ks)
-    assert [a.predict(m) for m in models[:50]] == [b.predict(m) for m in models[:50]]
+    assert encode(models[0]).shape == (n_features(),)
+    from threadpoolctl import threadpool_limits
+
+    fitted = KSurrogate(1).fit(models, ks)
+    with threadpool_limits(limits=1):  # OpenMP's spinning threads are slow on a busy machine
+        here = [fitted.predict(m) for m in models[:50]]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps({"models": [m.to_dict() for m in models], "ks": ks}))
+    code = ("import json, sys\n"
+            "from protomodels.model import ProtoModel\n"
+            "from protomodels.screening import KSurrogate\n"
+            f"d = json.load(open({str(data)!r}))\n"
+            "ms = [ProtoModel.from_dict(m) for m in d['models']]\n"
+            "s = KSurrogate(1).fit(ms, d['ks'])\n"
+            "from threadpoolctl import threadpool_limits\n"
+            "threadpool_limits(limits=1)\n"
+            "print(json.dumps([s.predict(m) for m in ms[:50]]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert json.loads(out.stdout) == here
     with pytest.raises(ValueError, match="need at least"):
         KSurrogate(1).fit(models[:5], ks[:5])
 
@@ -136,7 +161,8 @@ def test_retrained_screen_keeps_the_frequencies_exact(corrected, monkeypatch, tm
                   mass_ranges={LSP: (200.0, 240.0), 1000021: (400.0, 2400.0),
                                1000006: (600.0, 2400.0), 1000024: (350.0, 2400.0)})
     score = lambda model: {"K": fake_K(model)}  # noqa: E731
-    run_walker(tmp_path / "w", walker_seeds(3, 1)[0], score, 30000, space,
+    steps = 30000 if corrected else 10000  # the wrong chain fails at p ~ 1e-29 in 30000
+    run_walker(tmp_path / "w", walker_seeds(3, 1)[0], score, steps, space,
                checkpoint_every=1000, settings=ChainSettings(screen_train_at=(300, 1000, 2000)))
     entries = read_history(tmp_path / "w", check=False)
     counts = Counter(tuple(sorted(PIDS[n] for n in e["model"]["masses"] if PIDS[n] != LSP))
@@ -145,6 +171,30 @@ def test_retrained_screen_keeps_the_frequencies_exact(corrected, monkeypatch, tm
                         for s in SETS])
     observed = np.array([counts[s] for s in SETS], dtype=float)
     p_value = stats.chisquare(observed, weights / weights.sum() * observed.sum()).pvalue
-    assert p_value > 0.001 if corrected else p_value < 1e-6
+    assert p_value > 0.001 if corrected else p_value < 1e-6, p_value
     screened = sum(bool(e.get("screened")) for e in entries if e["step"] > 2000)
     assert screened > 0.05 * (len(entries) - 2000)
+
+
+def test_a_screened_replica_exchange_run_resumes_exactly(tmp_path):
+    """walk() with two rungs, swaps, and trainings inside the rounds: 45 + 45 steps give
+    the histories and swaps of 90 (the screens kept across rounds or retrained)."""
+    import json
+
+    from protomodels.runs import WalkConfig, walk
+
+    from .test_runs import fake_factory
+
+    def config(out, steps):
+        return WalkConfig(out=str(tmp_path / out), ladder=[0.3, 1.0], walkers=1, steps=steps,
+                          seed=4, swap_every=10, checkpoint_every=5, screen_train_at=[60, 35])
+
+    walk(config("full", 90), score_factory=fake_factory)
+    walk(config("split", 45), score_factory=fake_factory)
+    runs._SCREENS.clear()  # as a new process would
+    walk(WalkConfig(out=str(tmp_path / "split"), steps=45), resume=True, score_factory=fake_factory)
+    for name in ("walker-0/history.jsonl", "walker-1/history.jsonl", "swaps.jsonl"):
+        assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "full" / name).read_bytes()
+    run = json.loads((tmp_path / "full/run.json").read_text())
+    assert run["config"]["screen_train_at"] == [35, 60]  # sorted, recorded
+    assert run["versions"]["scikit-learn"]
