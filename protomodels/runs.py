@@ -237,8 +237,6 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     moves = default_moves(space, settings.mass_steps, settings.move_mix)
     screen = None
     if settings.screen_train_at:
-        from .screening import Screen
-
         from threadpoolctl import threadpool_limits
 
         from .screening import Screen, fingerprint
