@@ -55,15 +55,21 @@ def test_clopper_pearson_equals_scipy_exact_interval():
         assert low == pytest.approx(ci.low, abs=1e-12) and high == pytest.approx(ci.high, abs=1e-12)
 
 
-def test_closure_of_runs(tmp_path):
+def two_runs(tmp_path, steps: int):
+    """Two one-chain runs of the fake predictor (on the real database's record)."""
     from protomodels.runs import WalkConfig, walk
 
     runs = []
     for seed in (1, 2):
         out = tmp_path / f"run-{seed}"
-        walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=5, seed=seed),
+        walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=steps, seed=seed),
              score_factory=fake_factory)
         runs.append(out)
+    return runs
+
+
+def test_closure_of_runs(tmp_path):
+    runs = two_runs(tmp_path, 5)
     with pytest.raises(RunError, match=r"run-1/run.json: field 'versions.database_fake' is null: "
                                        r"the run used a real database"):
         closure(runs)
@@ -95,7 +101,6 @@ def toy_score(model):
 def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
     from protomodels.closure import reference_fits
     from protomodels.model import ProtoModel
-    from protomodels.runs import WalkConfig, walk
     from protomodels.slha import read_slha
 
     injected = read_slha(PAPER_BEST)
@@ -122,12 +127,7 @@ def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
     assert all(w["preferred"] is None and w["delta_K"] is None for w in nowhere["without"])
     json.dumps(nowhere, allow_nan=False)
 
-    runs = []
-    for seed in (1, 2):
-        out = tmp_path / f"run-{seed}"
-        walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=3, seed=seed),
-             score_factory=fake_factory)
-        runs.append(out)
+    runs = two_runs(tmp_path, 3)
     seen = []
     report = closure(runs, injected=PAPER_BEST, fits=True, max_evaluations=20,
                      score_of=lambda run: seen.append(run) or toy_score)
