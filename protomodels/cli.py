@@ -359,12 +359,16 @@ def _screen_schedule(screen: bool, train_at: Optional[str]) -> Optional[List[int
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS), default=None,
               help="Statistical model of pyhf results [default: simplified; a resumed run "
                    "keeps its own].")
+@click.option("--analyses", default=None, metavar="PATTERN",
+              help="Comma-separated shell patterns on analysis ids [default: *].")
+@click.option("--sqrts", default=None, callback=lambda c, p, v: None if v is None else _parse_sqrts(c, p, v),
+              help="Centre-of-mass energies (TeV) of the results used [default: 8,13].")
 @screen_options
 @database_option
 @_handle_errors
 def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, processes, r_limit,
-         checkpoint_every, config_file, cluster, jobs, likelihood, screen, screen_train_at,
-         database_path) -> None:
+         checkpoint_every, config_file, cluster, jobs, likelihood, analyses, sqrts, screen,
+         screen_train_at, database_path) -> None:
     """Run replica-exchange Metropolis-Hastings chains over proto-models (or --resume a run)."""
     from .runs import WalkConfig, load_config, walk as run_walk
 
@@ -375,11 +379,15 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
     flags = {"walkers": walkers, "steps": steps, "seed": seed, "out": resume or out,
              "ladder": temperatures, "swap_every": swap_every, "r_limit": r_limit,
              "checkpoint_every": checkpoint_every, "database": database_path,
-             "likelihood": likelihood, "screen_train_at": _screen_schedule(screen, screen_train_at)}
+             "likelihood": likelihood, "screen_train_at": _screen_schedule(screen, screen_train_at),
+             "analyses": None if analyses is None else [a.strip() for a in analyses.split(",")],
+             "sqrts": None if sqrts is None else list(sqrts)}
     if resume is not None:  # the run fixes everything but how far and on what it runs
         fixed = sorted(k for k, v in flags.items() if v is not None and k not in ("steps", "out"))
         if fixed or config_file or out:
-            given = ["--" + k.replace("_", "-") for k in fixed] + (["--config"] if config_file else []) \
+            typed = {"screen_train_at": "screen" if screen and screen_train_at is None else None}
+            given = ["--" + (typed.get(k) or k).replace("_", "-") for k in fixed] \
+                + (["--config"] if config_file else []) \
                 + (["--out"] if out else [])
             raise click.UsageError(f"{', '.join(given)}: a resumed run keeps the settings in "
                                    f"{Path(resume) / 'run.json'}; with --resume give only --steps, "
@@ -396,7 +404,7 @@ def walk(walkers, steps, seed, out, resume, ladder, swap_every, temperature, pro
     for state, T in zip(summary["progress"], summary["temperatures"]):
         best = "none" if state["best_K"] is None else f"{state['best_K']:.3f}"
         screened = (f", screened out {100 * state['screened']:.0f}% of its steps unscored"
-                    if state["screened"] else "")
+                    if summary["screened"] else "")
         click.echo(f"walker {state['walker']} (T = {T:g}): {state['steps']} steps, acceptance "
                    f"{100 * state['acceptance']:.0f}%, best K {best}{screened}")
     for pair in summary["swaps"]:
@@ -618,8 +626,12 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
 @click.option("--window", type=click.FloatRange(min=0, min_open=True), default=200.0,
               show_default=True, help="GeV: how close a partner's mass must be.")
 @click.option("--reference-fits", "fits", is_flag=True,
-              help="Also polish the injected model, and it without each particle, on each "
-                   "run's database: which particles K prefers there (about 2 min a run).")
+              help="Also ask which injected particles K itself prefers on each run's fake "
+                   "database: the injected model and the same model without each particle "
+                   "are each polished there, and a particle is preferred when K is higher "
+                   "with it (undecided within 0.1).  The search gap is the walk's best K "
+                   "minus the injected model's, as injected / polished (negative: the walk "
+                   "fell short).  About 2 minutes a run.")
 @click.option("--max-evaluations", type=click.IntRange(min=1), default=150, show_default=True,
               help="K evaluations per reference fit.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.closure/1).")
@@ -772,7 +784,8 @@ def polish(run_dir: Path, top: int, max_evaluations: int, as_json: bool,
 @cli.command(name="posterior")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--burn-in", type=click.IntRange(min=0), default=None,
-              help="Steps dropped from the start of each T = 1 chain [default: half of its steps].")
+              help="Steps dropped from the start of each T = 1 chain [default: half of its steps, "
+                   "and at least up to a --screen run's last training].")
 @click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True,
               help="Bins of each particle's mass histogram.")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.posterior/1).")

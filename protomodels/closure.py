@@ -300,9 +300,10 @@ def format_closure(report: Dict[str, Any]) -> str:
                                + ("" if w["preferred"] is not None else f" ({w['note']})")
                                for w in ref["without"])
             gap = row["search_gap"]
-            lines.append(f"{'':<28} {'':>7}  injected: K {_number(ref['K_start'])}, polished "
-                         f"{_number(ref['K'])} (search gap {_number(gap['K_start'], '+.2f')} / "
-                         f"{_number(gap['K'], '+.2f')}); K gained by each particle: {deltas}")
+            lines.append(f"{'':<28} {'':>7}  injected model: K {_number(ref['K_start'])} as "
+                         f"injected, {_number(ref['K'])} polished; search gap "
+                         f"{_number(gap['K_start'], '+.2f')} / {_number(gap['K'], '+.2f')}; "
+                         f"K gained with each particle: {deltas}")
     for rate in report["rates"]:
         low, high = rate["interval_68"]
         lines.append(f"{rate['what']}: {rate['k']}/{rate['n']} "

@@ -254,6 +254,10 @@ def posterior(run_dir: Path, burn_in: Optional[int] = None, bins: int = 20) -> D
     default_burn_in = burn_in is None
     adapted = max(read_run_config(run_dir).get("screen_train_at") or [0])
     if burn_in is None:  # a screened chain adapts up to its last training: not exact before
+        if adapted >= steps:
+            raise RunError(f"{run_dir}: the learned K of this screened run is retrained up to "
+                           f"step {adapted} and the T = 1 chains have {steps} steps: no exact "
+                           "samples yet (walk on, or give --burn-in to look at the adaptive part)")
         burn_in = max(steps // 2, adapted)
     elif burn_in < adapted:
         logger.warning("%s: --burn-in %d keeps steps before the screen's last training "
@@ -357,7 +361,7 @@ def format_report(result: Dict[str, Any], top: int = 20) -> str:
         f"posterior of {result['run']}: T = 1 chains {chains} "
         f"(ladder {ladder}, {result['columns']} column{'s' if result['columns'] > 1 else ''})",
         f"steps {result['burn_in'] + 1}-{result['steps']} of each chain after a burn-in of "
-        f"{result['burn_in']}{' (default: half)' if result['burn_in_default'] else ''}: "
+        f"{result['burn_in']}{' (default: half, or up to the last training of a screen)' if result['burn_in_default'] else ''}: "
         f"{result['samples']} samples ({result['samples_per_chain']} per chain)",
         "",
         f"particle contents ({len(result['contents'])}):",

@@ -568,8 +568,13 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
     ladder = ladder_of(config)
     if config.screen_train_at:  # before any chain starts, not at its first training
-        from .screening import require_sklearn
+        from .screening import require_sklearn, sklearn_version
         require_sklearn()
+        recorded = stored.get("versions", {}).get("scikit-learn") if resume else None
+        if recorded and recorded != sklearn_version():
+            logger.warning("%s: made with scikit-learn %s, resumed with %s: the retrained "
+                           "learned K may differ in the last bits, and the run with it",
+                           run_json, recorded, sklearn_version())
     # Steps each chain has done.  On resume its checkpoint is read here, so a broken one
     # stops the run before any chain starts; none yet: it stopped during its first
     # evaluation and starts again from its seed.
@@ -615,6 +620,9 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     if journal is not None:
         journal = _finish_pending_sweep(tempering, journal, stores)
     end = max(done) + config.steps
+    if config.screen_train_at and min(config.screen_train_at) >= end:
+        logger.warning("%s: the learned K is first trained after step %d and this walk ends at "
+                       "step %d: no step will be screened", out, min(config.screen_train_at), end)
     crashed: List[int] = []
     interrupted: List[int] = []
     try:
@@ -642,6 +650,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     return {"out": str(out), "crashed": crashed, "interrupted": interrupted,
             "temperatures": [ladder.temperature(c) for c in range(ladder.chains)],
             "swaps": acceptance_by_pair(tempering.read_swaps(), ladder) if ladder.rungs > 1 else [],
+            "screened": bool(config.screen_train_at),
             "progress": progress(out, ladder.chains)}
 
 

@@ -186,8 +186,10 @@ class Screen:
         if sum(math.isfinite(k) for k in ks) >= MIN_POINTS:
             surrogate = KSurrogate(self.seed).fit(models, ks)
         else:
-            logger.warning("step %d: %d scored models, fewer than %d: no screen until the "
-                           "next training", step, len(ks), MIN_POINTS)
+            later = [t for t in self.train_at if t > step]
+            logger.warning("step %d: %d scored models, fewer than %d: no screen %s", step,
+                           len(ks), MIN_POINTS,
+                           f"until step {later[0]}" if later else "for the rest of the run")
         # all at once: an interrupted training leaves the previous screen whole
         self.surrogate, self.trained_at, self.data = surrogate, step, fingerprint(entries, step)
         self._memo = {}

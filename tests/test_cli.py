@@ -158,6 +158,13 @@ def test_screen_schedule_errors(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_resume_names_the_screen_flag_the_user_typed(tmp_path):
+    (tmp_path / "r").mkdir()
+    result = run("walk", "--resume", str(tmp_path / "r"), "--steps", "5", "--screen",
+                 "--analyses", "CMS-*")
+    assert result.exit_code == 2 and "--analyses, --screen: a resumed run keeps" in result.stderr
+
+
 def test_resume_refuses_settings_it_would_ignore(tmp_path):
     """A resumed run keeps run.json's settings: a flag that would change them is an error,
     before anything runs (it used to be dropped silently)."""

@@ -198,3 +198,19 @@ def test_a_screened_replica_exchange_run_resumes_exactly(tmp_path):
     run = json.loads((tmp_path / "full/run.json").read_text())
     assert run["config"]["screen_train_at"] == [35, 60]  # sorted, recorded
     assert run["versions"]["scikit-learn"]
+
+
+def test_posterior_of_a_screened_run_waits_for_its_last_training(tmp_path):
+    from protomodels.exceptions import RunError
+    from protomodels.posterior import posterior
+    from protomodels.runs import WalkConfig, walk
+
+    from .test_runs import fake_factory
+
+    out = tmp_path / "run"
+    walk(WalkConfig(out=str(out), ladder=[1.0], walkers=1, steps=12, seed=2,
+                    screen_train_at=[5, 30]), score_factory=fake_factory)
+    with pytest.raises(RunError, match="retrained up to step 30 and the T = 1 chains have 12 "
+                                       "steps: no exact samples yet"):
+        posterior(out)
+    assert posterior(out, burn_in=4)["burn_in"] == 4  # asked for: allowed, with a warning
