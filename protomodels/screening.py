@@ -90,6 +90,7 @@ def require_sklearn() -> None:
 
 
 def sklearn_version() -> Optional[str]:
+    """The installed scikit-learn's version (None without it), recorded in run.json."""
     try:
         import sklearn
     except ImportError:
