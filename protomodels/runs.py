@@ -500,12 +500,14 @@ def validate_config(values: Any, source: str) -> None:
     validate(values, "run-config", source, RunError)
 
 
-def _versions(db) -> Dict[str, Any]:
+def _versions(db, screened: bool) -> Dict[str, Any]:
+    """Versions run.json records; scikit-learn's only for a screened run (importing it
+    costs start-up time that an unscreened walk need not pay)."""
     from smodels import installation
     from . import __version__
     from .screening import sklearn_version
     return {"protomodels": __version__, "smodels": installation.version(),
-            "scikit-learn": sklearn_version(),
+            "scikit-learn": sklearn_version() if screened else None,
             "database": db.version if db else None, "database_sha256": db.sha256 if db else None,
             "database_path": db.path if db else None,
             "database_fake": db.fake if db else None}
@@ -596,7 +598,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
         write_json_atomic(run_json, stored)
     else:
         write_json_atomic(run_json, {"schema": RUN_SCHEMA, "config": stored_config,
-                                     "versions": _versions(db),
+                                     "versions": _versions(db, bool(config.screen_train_at)),
                                      "seeds": {"entropy": config.seed,
                                                "spawn": "SeedSequence(seed).spawn(chains + 1): "
                                                         "one per chain, the last for swaps"},

@@ -100,10 +100,9 @@ def sklearn_version() -> Optional[str]:
 
 def _regressor(seed: int):
     """A fresh, unfitted regressor (replaced by tests with a deliberately poor one)."""
-    try:
-        from sklearn.ensemble import HistGradientBoostingRegressor
-    except ImportError:
-        raise RunError("--screen needs scikit-learn: pip install 'protomodels[screen]'") from None
+    require_sklearn()
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
     return HistGradientBoostingRegressor(max_iter=200, learning_rate=0.1,
                                          early_stopping=False, random_state=seed)
 
