@@ -30,7 +30,7 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from .database import ExperimentalDatabase
 from .model import ProtoModel
 from .moves import Space, default_moves
 from .overrides import smodels_as_shipped
-from .predictor import NLL_SAMPLES, Selection
+from .predictor import NLL_SAMPLES, Selection, predict
 from .xsec import effective_xsecs
 from .runs import freeze_before_fork, one_blas_thread, physics_score, start_model
 from .slha import to_slha
@@ -165,6 +165,51 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
     return rows
 
 
+def likelihood_steps(db: ExperimentalDatabase, count: int = 60, seed: int = 1,
+                     modes: Sequence[str] = ("simplified", "full", "surrogate"),
+                     limit: int = 8) -> Dict[str, Any]:
+    """(e): one evaluation of K, cold caches, restricted to the pyhf results that have a
+    trained surrogate, with each likelihood in ``modes``, for up to ``limit`` of
+    ``count`` benchmark models that have a combined prediction there.  Per mode: the
+    median and slowest seconds and each model's K; for ``surrogate`` also how often a
+    prediction fell back.  Leaves the database in its own mode again."""
+    from . import significance
+    from .statistics import surrogate
+    from .statistics.workspaces import use_likelihood
+
+    analyses = sorted({source.analysis for _, source, _ in surrogate.trained(db)})
+    if not analyses:
+        return {"analyses": [], "note": "no trained surrogate (protomodels surrogate train)"}
+    own = db.likelihood or "simplified"
+    selection = Selection(analyses=tuple(analyses))
+    chosen = []
+    for model in benchmark_models(count, seed):
+        predictions = predict(model, db, selection)
+        if any(p.data_type == "combined" for p in predictions):
+            chosen.append(model)
+        if len(chosen) >= limit:
+            break
+    out: Dict[str, Any] = {"analyses": analyses, "models": len(chosen), "modes": {}}
+    try:
+        for mode in modes:
+            use_likelihood(db, mode)
+            before = dict(surrogate.USAGE)
+            seconds, ks = [], []
+            for model in chosen:
+                _clear_caches(db)
+                t0 = time.perf_counter()
+                ks.append(significance.evaluate(model, db, selection=selection).K)
+                seconds.append(time.perf_counter() - t0)
+            row = {**_percentiles(seconds), "K": ks}
+            if mode == "surrogate":
+                row["usage"] = {k: surrogate.USAGE[k] - before[k] for k in before}
+            out["modes"][mode] = row
+            logger.info("(e) %s: median %.3f s", mode, row.get("median_s", float("nan")))
+    finally:
+        use_likelihood(db, own)
+    return out
+
+
 def memory() -> Dict[str, float]:
     """This process' memory in MB: resident now and at peak, proportional and private."""
     out: Dict[str, float] = {}
@@ -286,7 +331,8 @@ def walker_steps(db: ExperimentalDatabase, walkers: int, steps: int, seed: int) 
 
 
 def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 50,
-        walkers: int = 2, database: Optional[str] = None, pyhf_cls: bool = True) -> Dict[str, Any]:
+        walkers: int = 2, database: Optional[str] = None, pyhf_cls: bool = True,
+        likelihoods: bool = True) -> Dict[str, Any]:
     """The whole benchmark; returns the JSON document (schema protomodels.bench/1)."""
     from . import significance
 
@@ -330,6 +376,8 @@ def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 
                         "a_over_c_median": a_median / c_median if c_median else None}
     logger.info("one CLs evaluation of each large pyhf workspace, full and simplified")
     result["d_pyhf_cls"] = pyhf_cls_times(db) if pyhf_cls else []
+    logger.info("K with each likelihood on the results that have a surrogate")
+    result["e_likelihoods"] = likelihood_steps(db, seed=seed) if likelihoods else {}
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["seconds"] = time.perf_counter() - started
     return result
@@ -366,6 +414,17 @@ def format_report(result: Dict[str, Any]) -> str:
     for row in result.get("d_pyhf_cls", []):
         lines.append(f"(d) one CLs, {row['analysis']} {row['file']}: full {row['full_s']:.1f} s, "
                      f"simplified {row['simplified_s']:.2f} s ({row['speedup']:.0f}x)")
+    e = result.get("e_likelihoods") or {}
+    if e.get("modes"):
+        lines.append(f"(e) K of {e['models']} models on {', '.join(e['analyses'])} alone, cold:")
+        for mode, row in e["modes"].items():
+            usage = row.get("usage")
+            lines.append(f"      {mode:<10} median {row.get('median_s', float('nan')):.3f} s  "
+                         f"slowest {row.get('max_s', float('nan')):.3f} s"
+                         + (f"  (surrogate used {usage['surrogate']}x, fell back "
+                            f"{usage['outside domain'] + usage['not trained']}x)" if usage else ""))
+    elif e.get("note"):
+        lines.append(f"(e) {e['note']}")
     lines.insert(0, f"likelihood of pyhf results: {result.get('likelihood')}")
     lines.append(f"benchmark took {result['seconds']:.0f} s")
     return "\n".join(lines)

@@ -79,7 +79,9 @@ likelihood_option = click.option(
     "--likelihood", type=click.Choice(LIKELIHOODS), default=DEFAULT_LIKELIHOOD,
     show_default=True,
     help="Statistical model of pyhf results: 'simplified' (ATLAS' simplified workspace "
-         "where published, else one built from the full workspace, cached) or 'full'.")
+         "where published, else one built from the full workspace, cached), 'full', or "
+         "'surrogate' (the trained surrogates of the full workspaces where the signal is "
+         "in their domain, else simplified; see `protomodels surrogate`).")
 
 run_likelihood_option = click.option(
     "--likelihood", type=click.Choice(LIKELIHOODS), default=None,
@@ -279,6 +281,71 @@ def simplify(database_path: Optional[str], validate: bool, signals: int, costly_
             patterns=tuple(p.strip() for p in only.split(",")), backend=backend)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else validation.format_report(report), output_file)
+
+
+@cli.group(name="surrogate")
+def surrogate_group() -> None:
+    """Machine-learned surrogates of the full pyhf workspaces (--likelihood surrogate)."""
+
+
+@surrogate_group.command("train")
+@click.argument("analysis")
+@click.option("--workspace", default=None, metavar="FILE",
+              help="Which full workspace of the analysis (file name) [default: its first].")
+@click.option("--samples", type=click.IntRange(min=25), default=5000, show_default=True,
+              help="Training signals (four profiled fits each).")
+@click.option("--holdout", type=click.IntRange(min=25), default=500, show_default=True,
+              help="Held-out signals for `surrogate validate`.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--backend", type=click.Choice(["numpy", "jax"]), default="jax", show_default=True,
+              help="pyhf backend of the training fits (jax: compiled once, much faster).")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Compute the training data as Dask tasks: 'local', a scheduler address, "
+                   "or a batch system (as walk --cluster).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Workers with --cluster.")
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="JSON output (the sidecar).")
+@_handle_errors
+def surrogate_train(analysis, workspace, samples, holdout, seed, backend, cluster, jobs,
+                    database_path, as_json) -> None:
+    """Training data from pyhf on the full workspace (resumable), then the network
+    (ONNX with a JSON sidecar, in the cache)."""
+    from .statistics import surrogate
+
+    sidecar = surrogate.train_workspace(
+        database_path, analysis, workspace, samples=samples, holdout=holdout, seed=seed,
+        backend=backend, cluster=cluster, jobs=jobs,
+        progress=lambda n, m: logger.info("training data: %d/%d chunks", n, m))
+    if as_json:
+        _emit(json.dumps({k: v for k, v in sidecar.items() if k != "domain"}, indent=2,
+                         sort_keys=True) + "\n", None)
+        return
+    t = sidecar["training"]
+    click.echo(f"{analysis} {sidecar['workspace']}: {t['samples']} training signals "
+               f"({t['seconds_per_sample']:.2f} s each; {sidecar['data_chunks_computed']} chunks "
+               f"computed now in {sidecar['data_wall_seconds']:.0f} s), network {t['hidden']} "
+               f"fitted in {t['fit_seconds']:.1f} s; `protomodels surrogate validate` next")
+
+
+@surrogate_group.command("validate")
+@click.option("--only", default="*", metavar="PATTERN",
+              help="Comma-separated shell patterns on analysis ids.")
+@click.option("--ul-signals", type=click.IntRange(min=1), default=60, show_default=True,
+              help="Held-out signals whose upper limits pyhf computes for comparison.")
+@click.option("--backend", type=click.Choice(["numpy", "jax"]), default="jax", show_default=True)
+@database_option
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
+@_handle_errors
+def surrogate_validate(only, ul_signals, backend, database_path, as_json, output_file) -> None:
+    """Accuracy on held-out signals (by -2 Delta), upper limits against pyhf, speed."""
+    from .statistics import surrogate
+
+    rows = surrogate.validate_all(database_path, tuple(p.strip() for p in only.split(",")),
+                                  ul_signals=ul_signals, backend=backend,
+                                  progress=lambda n, m: logger.info("pyhf limits: %d/%d", n, m))
+    _emit(json.dumps(rows, indent=2, sort_keys=True) + "\n" if as_json
+          else surrogate.format_validation(rows), output_file)
 
 
 @cli.command()

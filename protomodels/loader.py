@@ -21,7 +21,7 @@ from .statistics.workspaces import DEFAULT_LIKELIHOOD, check_likelihood, use_lik
 def load_database(path: Optional[str] = None,
                   likelihood: str = DEFAULT_LIKELIHOOD) -> ExperimentalDatabase:
     """The database at ``path`` (see ``database.locate``) with the pyhf results'
-    ``likelihood`` ("simplified" or "full").  The first use of "simplified" builds the
+    ``likelihood`` ("simplified", "full" or "surrogate").  The first use of "simplified" builds the
     simplified workspaces that are missing from the cache (minutes, once).  Raises
     ``DatabaseError`` (no or unreadable database) or ``WorkspaceError`` (unknown mode)."""
     check_likelihood(likelihood)

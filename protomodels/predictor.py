@@ -112,6 +112,13 @@ class Prediction:
     _curve: Optional[NllCurve] = field(default=None, repr=False)  # UL results' own curve
     #: UL results: no likelihood above this UL_obs/UL_exp (None: no limit; fake databases)
     max_ul_ratio: Optional[float] = MAX_UL_RATIO
+    #: --likelihood surrogate: the result's surrogates for this signal (statistics.surrogate)
+    surrogate: Any = field(default=None, repr=False)
+
+    @property
+    def from_surrogate(self) -> bool:
+        """Do this prediction's likelihood and limits come from a surrogate?"""
+        return self.surrogate is not None and self.surrogate.usable
 
     @property
     def ul_obs_fb(self) -> Optional[float]:
@@ -124,6 +131,9 @@ class Prediction:
         return self._upper_limit("exp")
 
     def _upper_limit(self, which: str) -> Optional[float]:
+        if which not in self.stats.uls and self.from_surrogate:
+            mu = self.surrogate.upper_limit(expected=which == "exp")
+            self.stats.uls[which] = None if mu is None else mu * self.xsec_fb
         if which not in self.stats.uls:
             from smodels.base.physicsUnits import fb
             from smodels.statistics.basicStats import apriori, observed
@@ -144,7 +154,7 @@ class Prediction:
         root search repeats full hypothesis tests, where a simplified likelihood's reuses
         one fit (so that a CLs test would cost as much as its limit)."""
         return (self.data_type != "combined" or "obs" in self.stats.uls
-                or self.theory.statsComputer.dataType != "pyhf")
+                or self.from_surrogate or self.theory.statsComputer.dataType != "pyhf")
 
     def r_below(self, bound: float) -> bool:
         """Is r_obs < bound?  For a combined result whose limit is not known yet, decided
@@ -211,11 +221,12 @@ class Prediction:
         return curve
 
     def nll(self, mu: float) -> float:
-        """SModelS' own -ln L(mu) (EM and combined results)."""
+        """SModelS' own -ln L(mu) (EM and combined results), or the surrogate's."""
         mu = float(mu)
         value = self.stats.nlls.get(mu)
         if value is None:
-            value = self.theory.likelihood(mu=mu, return_nll=True)
+            value = (self.surrogate.nll(mu) if self.from_surrogate
+                     else self.theory.likelihood(mu=mu, return_nll=True))
             if value is None or not math.isfinite(value):
                 raise PredictionError(f"{self.analysis_id}: SModelS likelihood at mu={mu} "
                                       f"is {value}")
@@ -361,6 +372,18 @@ def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") 
     info = expresult.globalInfo
     stats = cache.get(statistics_key(theory, expresult, kind))
     dataset_id = {"UL": "(UL)", "combined": "combined"}.get(kind) or theory.dataset.getID()
+    surrogate = None
+    if kind == "combined":
+        from .statistics import surrogate as surrogates
+
+        attached = surrogates.attached_to(expresult)
+        if attached is not None:
+            lumi = info.lumi.asNumber(1 / fb)
+            signal = {p.dataset.getID(): float(p.xsection.asNumber(fb)) * lumi
+                      for p in theory.datasetPredictions}
+            surrogate = surrogates.SignalSurrogate(attached, signal)
+            if not surrogate.usable:
+                note = (note + "; " if note else "") + f"surrogate not used ({surrogate.reason})"
     return Prediction(
         analysis_id=info.id,
         dataset_id=dataset_id,
@@ -370,9 +393,11 @@ def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") 
         xsec_fb=float(theory.xsection.asNumber(fb)),
         txnames=sorted({str(t) for t in theory.txnames}),
         note=note,
-        likelihood=_likelihood_used(expresult) if kind == "combined" else "",
+        likelihood=(("surrogate" if surrogate is not None and surrogate.usable else "")
+                    or _likelihood_used(expresult)) if kind == "combined" else "",
         theory=theory,
         stats=stats,
+        surrogate=surrogate,
     )
 
 

@@ -420,7 +420,7 @@ class WalkConfig:
     database: Optional[str] = None
     sqrts: List[int] = field(default_factory=lambda: [8, 13])
     analyses: List[str] = field(default_factory=lambda: ["*"])
-    likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified" or "full"
+    likelihood: str = DEFAULT_LIKELIHOOD  # pyhf results: "simplified", "full" or "surrogate"
     mass_steps: List[float] = field(default_factory=lambda: list(MASS_STEPS))  # GeV
     move_mix: int = MOVE_MIX  # version of the move mix (moves.default_moves)
     screen_train_at: List[int] = field(default_factory=list)  # screening's schedule; []: none

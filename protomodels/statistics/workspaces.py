@@ -12,7 +12,11 @@ and ATLAS-SUSY-2018-14's are tiny toy models, used as shipped.
 - ``simplified``: ATLAS' simplified workspace where the database has one, ours
   (``protomodels.statistics.simplified``, built once and cached) for every full one;
 - ``full``: the full workspace where the database has one; where it has none, the
-  workspace shipped, with a note saying so.
+  workspace shipped, with a note saying so;
+- ``surrogate``: the workspaces of ``simplified``, and the trained surrogates of the full
+  workspaces (``protomodels.statistics.surrogate``) attached: a prediction whose signal
+  lies in their training domain takes its likelihood and limits from them, any other
+  falls back to the simplified workspaces (counted in ``surrogate.USAGE``).
 
 Every file switched to is checked: each signal region must land in the same channel and
 bin as with SModelS' default file (SModelS matches old-format region names to channels by
@@ -38,7 +42,7 @@ from . import simplified
 
 logger = logging.getLogger(__name__)
 
-LIKELIHOODS = ("simplified", "full")
+LIKELIHOODS = ("simplified", "full", "surrogate")
 DEFAULT_LIKELIHOOD = "simplified"
 _DEFAULT = "_protomodels_default_workspaces"  # (jsonFiles, jsons) as loaded
 CHOICE = "_protomodels_workspaces"  # the WorkspaceChoice in use
@@ -58,10 +62,12 @@ class WorkspaceChoice:
     kinds: List[str]
     note: str = ""
     provenance: List[Optional[Dict[str, Any]]] = field(default_factory=list)
+    surrogates: str = ""  # --likelihood surrogate: which full workspaces have one
 
     def describe(self) -> str:
         kinds = sorted(set(self.kinds))
-        return ", ".join(kinds) + (f" ({self.note})" if self.note else "")
+        text = ", ".join(kinds) + (f" ({self.note})" if self.note else "")
+        return f"{self.surrogates}; else {text}" if self.surrogates else text
 
 
 def check_likelihood(mode: str, where: str = "--likelihood") -> str:
@@ -126,6 +132,8 @@ def _candidate(info, mode: str, default: Tuple[Dict[str, Any], List[Dict[str, An
                folder: Path) -> Tuple[Dict[str, Any], List[Dict[str, Any]], List[str], str,
                                       List[Optional[Dict[str, Any]]]]:
     """(jsonFiles, jsons, kinds, note, provenance) of ``mode`` for one result."""
+    if mode == "surrogate":
+        mode = "simplified"  # underneath the surrogates, and their fallback
     files, jsons = default
     full_files = file_map(info.jsonFiles_FullLikelihood) if hasattr(
         info, "jsonFiles_FullLikelihood") else None
@@ -210,6 +218,13 @@ def use_likelihood(db, mode: str = DEFAULT_LIKELIHOOD) -> Dict[str, WorkspaceCho
         setattr(info, CHOICE, choices[info.id])
         if note:
             logger.info("%s: %s likelihood: %s", info.id, mode, note)
+    from . import surrogate
+
+    surrogate.detach(db)
+    if mode == "surrogate":
+        for name, attached in surrogate.attach(db).items():
+            if name in choices:
+                choices[name].surrogates = attached.describe()
     db.likelihood = mode
     db.likelihoods = choices
     db.statistics.clear()
@@ -236,7 +251,8 @@ def tag(expresult) -> str:
     chosen = choice(expresult)
     if chosen is None:
         return ""
-    return ",".join(f"{name}:{kind}" for name, kind in zip(chosen.files, chosen.kinds))
+    return ",".join(f"{name}:{kind}" for name, kind in zip(chosen.files, chosen.kinds)) + (
+        f"+{chosen.surrogates}" if chosen.surrogates else "")
 
 
 def choice(expresult) -> Optional[WorkspaceChoice]:

@@ -1,0 +1,554 @@
+"""Machine-learned surrogates of full pyhf workspaces (issue 14, SPEC section 9).
+
+One surrogate per full workspace: a small fully connected network (scikit-learn's
+``MLPRegressor``, tanh, L-BFGS) regresses the four profiled log-likelihood ratios
+Delta_D(n) of ``surrogate_data`` (observed, expected, and their Asimov data sets) as a
+function of the signal n (events per signal-region bin), after the SModelS
+collaboration's study of ML surrogates of full statistical models.  The network is
+stored as ONNX (``model.onnx``, run by onnxruntime; float64 end to end) with a JSON
+sidecar (``model.json``, schema ``protomodels.surrogate/1``): input bin names, the
+output scaling, the training domain, data sets, metrics and versions, and the sha256 of
+its workspace file; a surrogate whose workspace changed is refused.
+
+From the network follow, per signal n (``WorkspaceSurrogate``):
+
+- nll(mu) = -Delta_obs(mu n), relative to mu = 0 (the combiner uses differences only);
+- CLs(mu): qtilde with mu-hat >= 0 from Delta_D and q_mu,A from Delta_{D,Asimov}
+  (Cowan et al., arXiv:1007.1727, eqs. 16 and 66; pyhf's ``AsymptoticCalculator``:
+  CLs+b = Phi(-(t + sqrt(q_A))), CLb = Phi(-t), t = sqrt(q) - sqrt(q_A) if
+  sqrt(q) <= sqrt(q_A) else (q - q_A) / (2 sqrt(q_A)));
+- the 95% CLs upper limit on mu (D = observed; a-priori expected: D = expected).
+
+The network's constant f(0) is subtracted, so Delta(0) = 0 exactly.  Domain check
+(``in_domain``): every bin within the training range (0 up to its maximum) and the
+standardised signal no farther from its nearest training signal than ``distance_cut``
+(the 99.5% quantile of the held-out signals' nearest-neighbour distances, times 1.5): a
+convex hull in tens of dimensions would reject almost everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from scipy import optimize, special
+
+from ..atomic import write_json_atomic, write_text_atomic  # noqa: F401
+from ..exceptions import WorkspaceError
+from . import surrogate_data as data_mod
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "protomodels.surrogate/1"
+HIDDEN = (64, 64)
+DEFAULT_SAMPLES = 5000
+DEFAULT_HOLDOUT = 500
+DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
+MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 160)])  # for mu-hat
+
+
+def require_onnx() -> None:
+    """Raise ``WorkspaceError`` with the install line when onnxruntime or skl2onnx is
+    missing (the ``[surrogate]`` extra)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import skl2onnx  # noqa: F401
+    except ImportError:
+        raise WorkspaceError("surrogates need onnxruntime and skl2onnx: "
+                             "pip install 'protomodels[surrogate]'") from None
+
+
+def model_paths(source: data_mod.WorkspaceSource) -> tuple:
+    base = data_mod.folder(source)
+    return base / "model.onnx", base / "model.json"
+
+
+# ---------------------------------------------------------------- training
+
+def train(source: data_mod.WorkspaceSource, samples: int, holdout: int, seed: int,
+          hidden: Sequence[int] = HIDDEN) -> Dict[str, Any]:
+    """Fit the network on the first ``samples`` training samples, export it to ONNX and
+    write the sidecar; deterministic for a seed (one thread).  Returns the sidecar.
+    Raises ``WorkspaceError`` when data are missing or onnx tools are not installed."""
+    require_onnx()
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    bins, x, y, seconds = data_mod.read_split(source, "train", seed, samples)
+    _, x_hold, y_hold, _ = data_mod.read_split(source, "holdout",
+                                               seed + data_mod.HOLDOUT_OFFSET, holdout)
+    y_mean, y_scale = y.mean(axis=0), y.std(axis=0) + 1e-12
+    t0 = time.perf_counter()
+    with threadpool_limits(1):
+        pipeline = make_pipeline(
+            StandardScaler(),
+            MLPRegressor(hidden_layer_sizes=tuple(hidden), activation="tanh", solver="lbfgs",
+                         alpha=1e-7, max_iter=20000, max_fun=40000, tol=1e-12,
+                         random_state=seed))
+        pipeline.fit(x, (y - y_mean) / y_scale)
+    fit_seconds = time.perf_counter() - t0
+    onnx_path, json_path = model_paths(source)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    _export(pipeline, len(bins), onnx_path)
+    scaler = pipeline[0]
+    z_train = (x - scaler.mean_) / scaler.scale_
+    z_hold = (x_hold - scaler.mean_) / scaler.scale_
+    from scipy.spatial import cKDTree
+
+    distances, _ = cKDTree(z_train).query(z_hold)
+    sidecar = {
+        "schema": SCHEMA, "analysis": source.analysis, "workspace": source.file_name,
+        "workspace_sha256": source.sha256, "bins": bins, "datasets": list(data_mod.DATASETS),
+        "output_mean": y_mean.tolist(), "output_scale": y_scale.tolist(),
+        "domain": {"max_events": x.max(axis=0).tolist(),
+                   "input_mean": scaler.mean_.tolist(), "input_scale": scaler.scale_.tolist(),
+                   "distance_cut": float(DISTANCE_FACTOR * np.quantile(distances, DISTANCE_QUANTILE)),
+                   "points": np.round(z_train, 6).tolist()},
+        "training": {"samples": int(len(x)), "holdout": int(len(x_hold)), "seed": seed,
+                     "hidden": list(hidden), "seconds_per_sample": round(seconds, 4),
+                     "fit_seconds": round(fit_seconds, 1),
+                     "iterations": int(pipeline[-1].n_iter_)},
+        "versions": _versions(),
+    }
+    write_json_atomic(json_path, sidecar)
+    return sidecar
+
+
+def _export(pipeline, inputs: int, path: Path) -> None:
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import DoubleTensorType
+
+    onnx_model = to_onnx(pipeline, initial_types=[("signal", DoubleTensorType([None, inputs]))],
+                         target_opset=17)
+    tmp = path.with_suffix(".onnx.tmp")
+    tmp.write_bytes(onnx_model.SerializeToString())
+    tmp.replace(path)
+
+
+def _versions() -> Dict[str, str]:
+    import onnxruntime
+    import pyhf
+    import skl2onnx
+    import sklearn
+
+    return {"pyhf": pyhf.__version__, "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+# ---------------------------------------------------------------- use
+
+@dataclass
+class Evaluation:
+    """What one surrogate says about one signal (events per bin)."""
+
+    in_domain: bool
+    reason: str = ""
+
+
+class WorkspaceSurrogate:
+    """A trained surrogate, loaded (one onnxruntime session, one thread)."""
+
+    def __init__(self, onnx_path: Path, sidecar: Dict[str, Any]):
+        import onnxruntime
+        from scipy.spatial import cKDTree
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(onnx_path), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.sidecar = sidecar
+        self.analysis, self.workspace = sidecar["analysis"], sidecar["workspace"]
+        self.bins: List[str] = list(sidecar["bins"])
+        self.index = {name: i for i, name in enumerate(self.bins)}
+        self.y_mean = np.asarray(sidecar["output_mean"])
+        self.y_scale = np.asarray(sidecar["output_scale"])
+        domain = sidecar["domain"]
+        self.max_events = np.asarray(domain["max_events"])
+        self.x_mean = np.asarray(domain["input_mean"])
+        self.x_scale = np.asarray(domain["input_scale"])
+        self.distance_cut = float(domain["distance_cut"])
+        self.tree = cKDTree(np.asarray(domain["points"]))
+        self.offset = np.zeros(len(self.y_mean))
+        self.offset = self._raw(np.zeros((1, len(self.bins))))[0]
+
+    @classmethod
+    def load(cls, source: data_mod.WorkspaceSource) -> Optional["WorkspaceSurrogate"]:
+        """The trained surrogate of ``source``, None when there is none; raises
+        ``WorkspaceError`` when its sidecar is of another schema or workspace."""
+        onnx_path, json_path = model_paths(source)
+        if not (onnx_path.is_file() and json_path.is_file()):
+            return None
+        require_onnx()
+        sidecar = json.loads(json_path.read_text())
+        if sidecar.get("schema") != SCHEMA:
+            raise WorkspaceError(f"{json_path}: field 'schema' is {sidecar.get('schema')!r}, "
+                                 f"not {SCHEMA!r}")
+        if sidecar.get("workspace_sha256") != source.sha256:
+            raise WorkspaceError(f"{json_path}: field 'workspace_sha256' is "
+                                 f"{sidecar.get('workspace_sha256')!r} but {source.path} has "
+                                 f"{source.sha256}; retrain it")
+        return cls(onnx_path, sidecar)
+
+    def _raw(self, signals: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: np.asarray(signals, dtype=np.float64)})[0]
+        return np.asarray(out).reshape(len(signals), -1) * self.y_scale + self.y_mean - self.offset
+
+    def deltas(self, signals: np.ndarray) -> np.ndarray:
+        """Delta_D for ``DATASETS`` (columns) of signals (rows: events per bin, ``bins``
+        order), shape (M, 4); Delta_D(0) = 0."""
+        return self._raw(np.atleast_2d(signals))
+
+    def vector(self, signal: Dict[str, float]) -> np.ndarray:
+        """A signal dict (region -> events) as the input vector (absent regions: 0)."""
+        return np.array([float(signal.get(b, 0.0)) for b in self.bins])
+
+    def in_domain(self, signal: np.ndarray) -> Evaluation:
+        """Is the signal (events per bin) inside the training domain (module docstring)?"""
+        signal = np.asarray(signal, dtype=float)
+        if np.any(signal < 0) or np.any(signal > self.max_events):
+            return Evaluation(False, "a bin outside the training range")
+        distance, _ = self.tree.query((signal - self.x_mean) / self.x_scale)
+        if distance > self.distance_cut:
+            return Evaluation(False, f"{distance:.2g} from the training signals "
+                                     f"(cut {self.distance_cut:.2g})")
+        return Evaluation(True)
+
+    def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
+        """-Delta_obs(mu x signal): -ln L(mu) relative to mu = 0, vectorised in mu."""
+        mus = np.atleast_1d(np.asarray(mu, dtype=float))
+        values = -self.deltas(np.outer(mus, signal))[:, 0]
+        return values if np.ndim(mu) else float(values[0])
+
+    def cls(self, mu: float, signal: np.ndarray, expected: bool = False) -> float:
+        """Asymptotic qtilde CLs of mu x signal (module docstring); ``expected``: the
+        a-priori expected data set (background yields) instead of the observed one."""
+        column = 1 if expected else 0
+        grid = np.concatenate([[mu], MU_GRID * max(mu, 1e-9)])
+        deltas = self.deltas(np.outer(grid, signal))
+        d, d_asimov = deltas[:, column], deltas[:, column + 2]
+        best = float(np.max(d[1:]))  # mu-hat >= 0 (on the grid, then polished below)
+        i = int(np.argmax(d[1:])) + 1
+        if 1 < i < len(grid) - 1:
+            best = max(best, self._polish(signal, column, grid[i - 1], grid[i + 1]))
+        mu_hat_above = grid[i] > mu
+        q = 0.0 if mu_hat_above else max(0.0, 2.0 * (best - d[0]))
+        q_a = max(0.0, 2.0 * (float(np.max(d_asimov[1:])) - d_asimov[0]))
+        return asymptotic_cls(q, q_a)
+
+    def _polish(self, signal, column, lo, hi) -> float:
+        """The maximum of Delta_D(mu x signal) on [lo, hi]: a fine grid in one network call,
+        then the vertex of the parabola through the best point and its neighbours."""
+        mus = np.linspace(lo, hi, 41)
+        values = self.deltas(np.outer(mus, signal))[:, column]
+        i = int(np.argmax(values))
+        best = float(values[i])
+        if 0 < i < len(mus) - 1:
+            y0, y1, y2 = values[i - 1], values[i], values[i + 1]
+            curvature = y0 - 2 * y1 + y2
+            if curvature < 0:
+                best = max(best, float(y1 - (y2 - y0) ** 2 / (8 * curvature)))
+        return best
+
+    def upper_limit(self, signal: np.ndarray, expected: bool = False,
+                    cl: float = 0.95) -> Optional[float]:
+        """The CLs upper limit on mu for ``signal`` (None for a zero signal or when no
+        bracket is found below mu = 1e6)."""
+        signal = np.asarray(signal, dtype=float)
+        if not np.any(signal > 0):
+            return None
+        alpha = 1.0 - cl
+
+        def excess(mu: float) -> float:
+            return self.cls(mu, signal, expected) - alpha
+
+        lo, hi = 1e-6, 1.0
+        while excess(hi) > 0:
+            lo, hi = hi, hi * 3.0
+            if hi > 1e6:
+                return None
+        if excess(lo) < 0:
+            return lo
+        return float(optimize.brentq(excess, lo, hi, rtol=1e-6, xtol=1e-9))
+
+
+def asymptotic_cls(q: float, q_asimov: float) -> float:
+    """CLs from qtilde and its Asimov value (pyhf ``AsymptoticCalculator``, qtilde)."""
+    sq, sqa = math.sqrt(q), math.sqrt(q_asimov)
+    if sqa <= 0:
+        return 1.0
+    t = sq - sqa if sq <= sqa else (q - q_asimov) / (2.0 * sqa)
+    return float(math.exp(special.log_ndtr(-(t + sqa)) - special.log_ndtr(-t)))
+
+
+# ---------------------------------------------------------------- validation
+
+STRATA = ((-math.inf, 1.0), (1.0, 4.0), (4.0, 10.0), (10.0, math.inf))  # in -2 Delta_obs
+
+
+def _errors(errors: np.ndarray) -> Dict[str, Any]:
+    if not len(errors):
+        return {"count": 0, "median": None, "p95": None}
+    return {"count": int(len(errors)), "median": round(float(np.median(errors)), 5),
+            "p95": round(float(np.quantile(errors, 0.95)), 5)}
+
+
+def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
+             backend: str = "jax", progress=None) -> Dict[str, Any]:
+    """Accuracy and speed of a trained surrogate on its held-out signals: |error| of
+    -2 Delta per data set and per stratum of -2 Delta_obs; observed and expected upper
+    limits against pyhf's (``fixed_signal.SignalAsParameters.upper_limit``, SModelS' root
+    search) for ``ul_signals`` held-out signals spread evenly over -2 Delta_obs; the time
+    of one nll evaluation and of one upper limit.  Stored in the sidecar ("validation")
+    and returned.  Raises ``WorkspaceError`` when the surrogate or its data are missing."""
+    from .validation import pyhf_backend
+
+    surrogate = WorkspaceSurrogate.load(source)
+    if surrogate is None:
+        raise WorkspaceError(f"{source.analysis} {source.file_name}: no trained surrogate; "
+                             f"run `protomodels surrogate train {source.analysis}`")
+    training = surrogate.sidecar["training"]
+    seed = training["seed"] + data_mod.HOLDOUT_OFFSET
+    _, x, y, _ = data_mod.read_split(source, "holdout", seed, training["holdout"])
+    predicted = surrogate.deltas(x)
+    errors = 2.0 * np.abs(predicted - y)
+    minus2 = -2.0 * y[:, 0]
+    report: Dict[str, Any] = {
+        "datasets": {name: _errors(errors[:, k]) for k, name in enumerate(data_mod.DATASETS)},
+        "strata": [{"range": [lo, hi], **_errors(errors[(minus2 >= lo) & (minus2 < hi), 0])}
+                   for lo, hi in STRATA],
+    }
+    # upper limits: signals evenly spread in -2 Delta_obs, pyhf's against the surrogate's
+    order = np.argsort(minus2)
+    picks = order[np.unique(np.linspace(0, len(order) - 1, min(ul_signals, len(order))).astype(int))]
+    rows = []
+    with pyhf_backend(backend):
+        generator = data_mod.Generator(expresult, source)
+        for n, i in enumerate(picks, 1):
+            named = dict(zip(surrogate.bins, map(float, x[i])))
+            row = {"minus2_delta": round(float(minus2[i]), 4)}
+            for which, expected in (("obs", False), ("exp", True)):
+                pyhf_ul = generator.fit.upper_limit(named, expected=expected)
+                ours = surrogate.upper_limit(x[i], expected=expected)
+                row[which] = [pyhf_ul, ours]
+            rows.append(row)
+            if progress:
+                progress(n, len(picks))
+    report["upper_limits"] = _limit_summary(rows)
+    report["upper_limit_rows"] = rows
+    report["timing"] = _timing(surrogate, x[picks[len(picks) // 2]])
+    report["domain_share"] = round(float(np.mean([surrogate.in_domain(s).in_domain for s in x])), 4)
+    _, json_path = model_paths(source)
+    sidecar = dict(surrogate.sidecar, validation=report)
+    write_json_atomic(json_path, sidecar)
+    return report
+
+
+def _limit_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    out = {}
+    for which in ("obs", "exp"):
+        pairs = [r[which] for r in rows if r[which][0] and r[which][1]]
+        ratios = np.array([b / a for a, b in pairs])
+        out[which] = {"count": len(pairs), "missing": len(rows) - len(pairs),
+                      "within_10pct": round(float(np.mean(np.abs(ratios - 1) <= 0.1)), 4)
+                      if len(ratios) else None,
+                      "median_ratio": round(float(np.median(ratios)), 4) if len(ratios) else None,
+                      "worst_ratio": round(float(ratios[np.argmax(np.abs(ratios - 1))]), 4)
+                      if len(ratios) else None}
+    return out
+
+
+def _timing(surrogate: WorkspaceSurrogate, signal: np.ndarray, repeats: int = 200) -> Dict[str, float]:
+    """Median seconds of one nll(mu) evaluation and of one observed upper limit."""
+    nll_times, ul_times = [], []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        surrogate.nll(1.0 + 1e-3 * k, signal)
+        nll_times.append(time.perf_counter() - t0)
+    for k in range(max(repeats // 10, 5)):
+        t0 = time.perf_counter()
+        surrogate.upper_limit(signal * (1.0 + 1e-3 * k))
+        ul_times.append(time.perf_counter() - t0)
+    return {"nll_ms": round(1e3 * float(np.median(nll_times)), 4),
+            "upper_limit_ms": round(1e3 * float(np.median(ul_times)), 3)}
+
+
+def trained(db) -> List[tuple]:
+    """(expresult, source, sidecar) of every full workspace with a trained surrogate."""
+    out = []
+    for expresult in db.smodels.expResultList:
+        if not hasattr(expresult.globalInfo, "jsonFiles"):
+            continue
+        for source in data_mod.full_workspaces(expresult):
+            _, json_path = model_paths(source)
+            if json_path.is_file():
+                out.append((expresult, source, json.loads(json_path.read_text())))
+    return out
+
+
+# ---------------------------------------------------------------- commands
+
+def train_workspace(database: Optional[str], analysis: str, workspace: Optional[str] = None,
+                    samples: int = DEFAULT_SAMPLES, holdout: int = DEFAULT_HOLDOUT,
+                    seed: int = 1, backend: str = "jax", cluster: Optional[str] = None,
+                    jobs: Optional[int] = None, progress=None) -> Dict[str, Any]:
+    """``protomodels surrogate train``: the training data (resumable; here or on a Dask
+    cluster), then the network.  Returns the sidecar plus the data's wall time."""
+    require_onnx()
+    outcome = data_mod.generate(database, analysis, workspace, samples, holdout, seed,
+                                backend=backend, cluster=cluster, jobs=jobs, progress=progress)
+    sidecar = train(outcome["source"], samples, holdout, seed)
+    sidecar["data_wall_seconds"] = round(outcome["seconds"], 1)
+    sidecar["data_chunks_computed"] = outcome["computed"]
+    return sidecar
+
+
+def validate_all(database: Optional[str], patterns: Sequence[str] = ("*",),
+                 ul_signals: int = 60, backend: str = "jax", progress=None) -> List[Dict[str, Any]]:
+    """``protomodels surrogate validate``: ``validate`` for every trained surrogate whose
+    analysis matches ``patterns``; one summary row each."""
+    import fnmatch
+
+    from ..loader import load_database
+
+    db = load_database(database, "full")
+    rows = []
+    for expresult, source, _ in trained(db):
+        if not any(fnmatch.fnmatchcase(source.analysis, p) for p in patterns):
+            continue
+        report = validate(expresult, source, ul_signals=ul_signals, backend=backend,
+                          progress=progress)
+        rows.append({"analysis": source.analysis, "workspace": source.file_name,
+                     **{k: v for k, v in report.items() if k != "upper_limit_rows"}})
+    return rows
+
+
+def format_validation(rows: List[Dict[str, Any]]) -> str:
+    """The accuracy and speed table of ``validate_all``."""
+    if not rows:
+        return "no trained surrogate matches; train one with `protomodels surrogate train ANALYSIS`"
+    lines = [f"{'workspace':<40} {'held-out':>8} {'|d(-2lnL)| med':>15} {'p95':>7} "
+             f"{'UL obs<=10%':>11} {'UL exp<=10%':>11} {'nll ms':>7} {'UL ms':>6} {'domain':>6}"]
+    for r in rows:
+        obs = r["datasets"]["observed"]
+        uls = r["upper_limits"]
+        lines.append(f"{r['analysis'] + ':' + r['workspace']:<40} {obs['count']:>8} "
+                     f"{obs['median']:>15.4f} {obs['p95']:>7.3f} "
+                     f"{_pct(uls['obs']['within_10pct']):>11} {_pct(uls['exp']['within_10pct']):>11} "
+                     f"{r['timing']['nll_ms']:>7.3f} {r['timing']['upper_limit_ms']:>6.2f} "
+                     f"{_pct(r['domain_share']):>6}")
+        strata = ", ".join(f"[{s['range'][0]:g},{s['range'][1]:g}): n={s['count']} "
+                           f"med {s['median']} p95 {s['p95']}" for s in r["strata"] if s["count"])
+        lines.append(f"    by -2 Delta_obs: {strata}")
+    return "\n".join(lines)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+# ---------------------------------------------------------------- --likelihood surrogate
+
+ATTACHED = "_protomodels_surrogates"  # on a result's globalInfo: its ResultSurrogates
+#: how often a pyhf result's statistics came from a surrogate or fell back (per process)
+USAGE: Dict[str, int] = {"surrogate": 0, "outside domain": 0, "not trained": 0}
+
+
+@dataclass
+class ResultSurrogates:
+    """The full workspaces of one pyhf result: their signal regions and surrogates (None
+    where none is trained)."""
+
+    analysis: str
+    files: List[str]
+    regions: List[List[str]]
+    surrogates: List[Optional[WorkspaceSurrogate]]
+
+    def describe(self) -> str:
+        have = [f for f, s in zip(self.files, self.surrogates) if s is not None]
+        return f"surrogate for {', '.join(have)}" if have else "no surrogate trained"
+
+
+def attach(db) -> Dict[str, ResultSurrogates]:
+    """Load the trained surrogates of every pyhf result's full workspaces and attach them
+    to the results (``--likelihood surrogate``).  Raises ``WorkspaceError`` for a
+    surrogate of another workspace version or schema, or without onnxruntime."""
+    from .workspaces import _DEFAULT, file_map
+
+    attached = {}
+    for expresult in db.smodels.expResultList:
+        info = expresult.globalInfo
+        if not hasattr(info, "jsonFiles"):
+            continue
+        sources = data_mod.full_workspaces(expresult)
+        if not sources:
+            continue
+        mapping = file_map(info.jsonFiles_FullLikelihood) if hasattr(
+            info, "jsonFiles_FullLikelihood") else getattr(info, _DEFAULT, (info.jsonFiles,))[0]
+        regions = [[r["smodels"] for r in mapping[s.file_name]
+                    if r.get("smodels") and r.get("type", "SR") == "SR"] for s in sources]
+        chosen = ResultSurrogates(info.id, [s.file_name for s in sources], regions,
+                                  [WorkspaceSurrogate.load(s) for s in sources])
+        setattr(info, ATTACHED, chosen)
+        attached[info.id] = chosen
+    return attached
+
+
+def detach(db) -> None:
+    for expresult in db.smodels.expResultList:
+        if hasattr(expresult.globalInfo, ATTACHED):
+            delattr(expresult.globalInfo, ATTACHED)
+
+
+def attached_to(expresult) -> Optional[ResultSurrogates]:
+    return getattr(expresult.globalInfo, ATTACHED, None)
+
+
+class SignalSurrogate:
+    """A prediction's statistics from the surrogates of its result: the workspace with the
+    lowest expected upper limit among those with signal (SModelS' rule for several
+    workspaces), all of which must have a surrogate with the signal in its domain;
+    ``usable`` False (with ``reason``) otherwise, and the caller falls back."""
+
+    def __init__(self, result: ResultSurrogates, signal: Dict[str, float]):
+        self.usable, self.reason = False, ""
+        candidates = []
+        for name, regions, surrogate in zip(result.files, result.regions, result.surrogates):
+            if not any(signal.get(r, 0.0) > 0 for r in regions):
+                continue
+            if surrogate is None:
+                self.reason = f"not trained: {name}"
+                USAGE["not trained"] += 1
+                return
+            vector = surrogate.vector(signal)
+            check = surrogate.in_domain(vector)
+            if not check.in_domain:
+                self.reason = f"outside domain of {name}: {check.reason}"
+                USAGE["outside domain"] += 1
+                return
+            candidates.append((surrogate, vector))
+        if not candidates:
+            self.reason = "no signal in the full workspaces"
+            return
+        if len(candidates) > 1:
+            limits = [s.upper_limit(v, expected=True) for s, v in candidates]
+            candidates = [candidates[int(np.argmin([math.inf if u is None else u
+                                                    for u in limits]))]]
+        self.surrogate, self.vector = candidates[0]
+        self.usable = True
+        USAGE["surrogate"] += 1
+
+    def nll(self, mu: float) -> float:
+        return float(self.surrogate.nll(mu, self.vector))
+
+    def upper_limit(self, expected: bool) -> Optional[float]:
+        """Upper limit on mu (multiply by the predicted sigma x eff for fb)."""
+        return self.surrogate.upper_limit(self.vector, expected=expected)
