@@ -177,7 +177,23 @@ def significance_report(result, db, slha_file: Path, model=None) -> Dict[str, An
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "model": ({"kind": "general", **model.report()} if isinstance(model, GeneralModel)
                   else {"kind": "proto-model"}),
+        **({"surrogates": surrogate_usage(result.predictions)}
+           if db.likelihood == "surrogate" else {}),
     }
+
+
+def surrogate_usage(predictions) -> Dict[str, Any]:
+    """--likelihood surrogate: which pyhf predictions used a surrogate, and why the others
+    fell back to the simplified likelihood."""
+    used, fallbacks = [], {}
+    for p in predictions:
+        if p.surrogate is None:
+            continue
+        if p.from_surrogate:
+            used.append(p.analysis_id)
+        else:
+            fallbacks[p.analysis_id] = p.surrogate.reason
+    return {"used": sorted(used), "fallbacks": fallbacks}
 
 
 def format_significance(report: Dict[str, Any]) -> str:
@@ -196,6 +212,10 @@ def format_significance(report: Dict[str, Any]) -> str:
         f"(r_limit {report['r_limit']:g}, r_max {report['r_max']:.4g})",
         f"  predictions: {report['n_predictions']} ({report['n_informative']} with a likelihood)",
         f"  likelihood of pyhf results: {report.get('likelihood') or 'as shipped'}",
+        *([f"  surrogates used for: {', '.join(report['surrogates']['used']) or 'none'}"
+           + "".join(f"; {name}: {why}, simplified used"
+                     for name, why in report["surrogates"]["fallbacks"].items())]
+          if "surrogates" in report else []),
         "",
         "best combination:" if report["combination"] else "best combination: none (no excess)",
     ]

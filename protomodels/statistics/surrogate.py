@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from scipy import optimize, special
 
-from ..atomic import write_json_atomic, write_text_atomic  # noqa: F401
+from ..atomic import write_json_atomic
 from ..exceptions import WorkspaceError
 from . import surrogate_data as data_mod
 
@@ -50,7 +51,7 @@ HIDDEN = (64, 64)
 DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
-MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 160)])  # for mu-hat
+MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 64)])  # mu-hat search, x the tested mu
 
 
 def require_onnx() -> None:
@@ -146,8 +147,8 @@ def _versions() -> Dict[str, str]:
 # ---------------------------------------------------------------- use
 
 @dataclass
-class Evaluation:
-    """What one surrogate says about one signal (events per bin)."""
+class DomainCheck:
+    """Is a signal (events per bin) inside a surrogate's training domain, and if not, why."""
 
     in_domain: bool
     reason: str = ""
@@ -157,14 +158,10 @@ class WorkspaceSurrogate:
     """A trained surrogate, loaded (one onnxruntime session, one thread)."""
 
     def __init__(self, onnx_path: Path, sidecar: Dict[str, Any]):
-        import onnxruntime
         from scipy.spatial import cKDTree
 
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        self.session = onnxruntime.InferenceSession(str(onnx_path), options,
-                                                    providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        self.onnx_bytes = Path(onnx_path).read_bytes()
+        self._session, self._pid = None, None
         self.sidecar = sidecar
         self.analysis, self.workspace = sidecar["analysis"], sidecar["workspace"]
         self.bins: List[str] = list(sidecar["bins"])
@@ -179,6 +176,7 @@ class WorkspaceSurrogate:
         self.tree = cKDTree(np.asarray(domain["points"]))
         self.offset = np.zeros(len(self.y_mean))
         self.offset = self._raw(np.zeros((1, len(self.bins))))[0]
+        self._session = None  # created again where it is used (after any fork)
 
     @classmethod
     def load(cls, source: data_mod.WorkspaceSource) -> Optional["WorkspaceSurrogate"]:
@@ -198,8 +196,24 @@ class WorkspaceSurrogate:
                                  f"{source.sha256}; retrain it")
         return cls(onnx_path, sidecar)
 
+    @property
+    def session(self):
+        """This process' onnxruntime session (one thread), created on first use after any
+        fork: a session is never shared by forked walkers."""
+        if self._session is None or self._pid != os.getpid():
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = 1
+            self._session = onnxruntime.InferenceSession(self.onnx_bytes, options,
+                                                         providers=["CPUExecutionProvider"])
+            self._pid = os.getpid()
+            self.input_name = self._session.get_inputs()[0].name
+        return self._session
+
     def _raw(self, signals: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.asarray(signals, dtype=np.float64)})[0]
+        session = self.session
+        out = session.run(None, {self.input_name: np.asarray(signals, dtype=np.float64)})[0]
         return np.asarray(out).reshape(len(signals), -1) * self.y_scale + self.y_mean - self.offset
 
     def deltas(self, signals: np.ndarray) -> np.ndarray:
@@ -211,16 +225,16 @@ class WorkspaceSurrogate:
         """A signal dict (region -> events) as the input vector (absent regions: 0)."""
         return np.array([float(signal.get(b, 0.0)) for b in self.bins])
 
-    def in_domain(self, signal: np.ndarray) -> Evaluation:
+    def in_domain(self, signal: np.ndarray) -> DomainCheck:
         """Is the signal (events per bin) inside the training domain (module docstring)?"""
         signal = np.asarray(signal, dtype=float)
         if np.any(signal < 0) or np.any(signal > self.max_events):
-            return Evaluation(False, "a bin outside the training range")
+            return DomainCheck(False, "a bin outside the training range")
         distance, _ = self.tree.query((signal - self.x_mean) / self.x_scale)
         if distance > self.distance_cut:
-            return Evaluation(False, f"{distance:.2g} from the training signals "
+            return DomainCheck(False, f"{distance:.2g} from the training signals "
                                      f"(cut {self.distance_cut:.2g})")
-        return Evaluation(True)
+        return DomainCheck(True)
 
     def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
         """-Delta_obs(mu x signal): -ln L(mu) relative to mu = 0, vectorised in mu."""
@@ -277,7 +291,7 @@ class WorkspaceSurrogate:
                 return None
         if excess(lo) < 0:
             return lo
-        return float(optimize.brentq(excess, lo, hi, rtol=1e-6, xtol=1e-9))
+        return float(optimize.brentq(excess, lo, hi, rtol=1e-5, xtol=1e-9))
 
 
 def asymptotic_cls(q: float, q_asimov: float) -> float:
