@@ -22,8 +22,11 @@ From the network follow, per signal n (``WorkspaceSurrogate``):
 The network's constant f(0) is subtracted, so Delta(0) = 0 exactly.  Domain check
 (``in_domain``): every bin within the training range (0 up to its maximum) and the
 standardised signal no farther from its nearest training signal than ``distance_cut``
-(the 99.5% quantile of the held-out signals' nearest-neighbour distances, times 1.5): a
-convex hull in tens of dimensions would reject almost everything.
+(the 99.5% quantile of the held-out signals' nearest-neighbour distances, times 1.5) or
+than three times that training signal's own nearest-neighbour spacing (the training
+signals, and the zero signal where Delta = 0 exactly, are log-uniform in size, so sparse
+at large yields): a convex hull in tens of
+dimensions would reject almost everything.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ HIDDEN = (64, 64)
 DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
+LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
 MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 64)])  # mu-hat search, x the tested mu
 
 
@@ -173,7 +177,12 @@ class WorkspaceSurrogate:
         self.x_mean = np.asarray(domain["input_mean"])
         self.x_scale = np.asarray(domain["input_scale"])
         self.distance_cut = float(domain["distance_cut"])
-        self.tree = cKDTree(np.asarray(domain["points"]))
+        # the training signals and the zero signal (where Delta = 0 holds exactly)
+        points = np.asarray(domain["points"], dtype=float)
+        self.tree = cKDTree(np.vstack([points, -self.x_mean / self.x_scale]))
+        # each training signal's distance to its nearest neighbour: the local spacing
+        self.spacing = self.tree.query(self.tree.data, k=2)[0][:, 1] if self.tree.n > 1 \
+            else np.zeros(self.tree.n)
         self.offset = np.zeros(len(self.y_mean))
         self.offset = self._raw(np.zeros((1, len(self.bins))))[0]
         self._session = None  # created again where it is used (after any fork)
@@ -230,10 +239,11 @@ class WorkspaceSurrogate:
         signal = np.asarray(signal, dtype=float)
         if np.any(signal < 0) or np.any(signal > self.max_events):
             return DomainCheck(False, "a bin outside the training range")
-        distance, _ = self.tree.query((signal - self.x_mean) / self.x_scale)
-        if distance > self.distance_cut:
+        distance, nearest = self.tree.query((signal - self.x_mean) / self.x_scale)
+        cut = max(self.distance_cut, LOCAL_FACTOR * float(self.spacing[nearest]))
+        if distance > cut:
             return DomainCheck(False, f"{distance:.2g} from the training signals "
-                                     f"(cut {self.distance_cut:.2g})")
+                                      f"(cut {cut:.2g})")
         return DomainCheck(True)
 
     def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
