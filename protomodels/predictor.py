@@ -378,10 +378,12 @@ def _wrap(theory, expresult, kind: str, cache: StatisticsCache, note: str = "") 
 
         attached = surrogates.attached_to(expresult)
         if attached is not None:
-            lumi = info.lumi.asNumber(1 / fb)
-            signal = {p.dataset.getID(): float(p.xsection.asNumber(fb)) * lumi
-                      for p in theory.datasetPredictions}
-            surrogate = surrogates.SignalSurrogate(attached, signal)
+            if stats.surrogate is None:  # the choice depends on the yields alone: cached
+                lumi = info.lumi.asNumber(1 / fb)
+                signal = {p.dataset.getID(): float(p.xsection.asNumber(fb)) * lumi
+                          for p in theory.datasetPredictions}
+                stats.surrogate = surrogates.SignalSurrogate(attached, signal)
+            surrogate = stats.surrogate
             if not surrogate.usable:
                 note = (note + "; " if note else "") + f"surrogate not used ({surrogate.reason})"
     return Prediction(

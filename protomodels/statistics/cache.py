@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Hashable, Optional
+from typing import Any, TYPE_CHECKING, Dict, Hashable, Optional
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..likelihood import TabulatedNll
@@ -28,6 +28,7 @@ class ResultStatistics:
     curves: Dict[float, "TabulatedNll"] = field(default_factory=dict)  # by grid end
     cls: Dict[float, float] = field(default_factory=dict)  # observed CLs by mu
     nlls: Dict[float, float] = field(default_factory=dict)  # exact -ln L by mu
+    surrogate: Any = None  # --likelihood surrogate: its SignalSurrogate (workspace chosen)
 
 
 class StatisticsCache:

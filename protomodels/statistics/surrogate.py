@@ -505,8 +505,6 @@ def attach(db) -> Dict[str, ResultSurrogates]:
     """Load the trained surrogates of every pyhf result's full workspaces and attach them
     to the results (``--likelihood surrogate``).  Raises ``WorkspaceError`` for a
     surrogate of another workspace version or schema, or without onnxruntime."""
-    from .workspaces import _DEFAULT, file_map
-
     attached = {}
     for expresult in db.smodels.expResultList:
         info = expresult.globalInfo
@@ -515,11 +513,8 @@ def attach(db) -> Dict[str, ResultSurrogates]:
         sources = data_mod.full_workspaces(expresult)
         if not sources:
             continue
-        mapping = file_map(info.jsonFiles_FullLikelihood) if hasattr(
-            info, "jsonFiles_FullLikelihood") else getattr(info, _DEFAULT, (info.jsonFiles,))[0]
-        regions = [[r["smodels"] for r in mapping[s.file_name]
-                    if r.get("smodels") and r.get("type", "SR") == "SR"] for s in sources]
-        chosen = ResultSurrogates(info.id, [s.file_name for s in sources], regions,
+        chosen = ResultSurrogates(info.id, [s.file_name for s in sources],
+                                  [list(s.signal_regions) for s in sources],
                                   [WorkspaceSurrogate.load(s) for s in sources])
         setattr(info, ATTACHED, chosen)
         attached[info.id] = chosen

@@ -59,6 +59,7 @@ class WorkspaceSource:
     file_name: str
     path: Path
     sha256: str
+    signal_regions: Tuple[str, ...] = ()  # SModelS names of its signal regions
 
     @property
     def key(self) -> str:
@@ -75,15 +76,17 @@ def full_workspaces(expresult) -> List[WorkspaceSource]:
     info = expresult.globalInfo
     folder = Path(getattr(info, "path", "") or ".").parent
     if hasattr(info, "jsonFiles_FullLikelihood"):
-        names = list(file_map(info.jsonFiles_FullLikelihood))
+        mapping = file_map(info.jsonFiles_FullLikelihood)
     else:
         files, jsons = getattr(info, _DEFAULT, (info.jsonFiles, info.jsons))
-        names = [name for name, ws in zip(files, jsons) if simplified.is_full(ws)]
+        mapping = {name: files[name] for name, ws in zip(files, jsons) if simplified.is_full(ws)}
     out = []
-    for name in names:
+    for name, regions in mapping.items():
         path = folder / name
         if path.is_file():
-            out.append(WorkspaceSource(info.id, name, path, simplified.sha256_file(path)))
+            srs = tuple(r["smodels"] for r in regions
+                        if r.get("smodels") and r.get("type", "SR") == "SR")
+            out.append(WorkspaceSource(info.id, name, path, simplified.sha256_file(path), srs))
     return out
 
 
