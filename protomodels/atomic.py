@@ -85,19 +85,18 @@ def sole_writer(lockfile: os.PathLike, error: Type[Exception], what: str) -> Ite
 
 def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
                      what: str = "file", validate_as: Optional[str] = None) -> Dict[str, Any]:
-    """The JSON object in ``path`` whose field 'schema' is ``schema``; otherwise ``error``
-    with a one-line message naming the file (``what`` says what it should have been).
-    With ``validate_as``, the whole object is checked against that shipped JSON schema
-    (``protomodels.schemas``; the message then also names the JSON path)."""
+    """The JSON object in ``path`` whose field 'schema' is the id ``schema``, checked
+    against the shipped JSON schema that pins that id (``protomodels.schemas``;
+    ``validate_as`` names it explicitly); otherwise ``error`` with a one-line message
+    naming the file and the JSON path (``what`` says what it should have been)."""
+    from . import schemas
+
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as problem:
         raise error(f"{path}: unreadable {what} ({problem})") from None
-    if not isinstance(record, dict) or record.get("schema") != schema:
-        found = record.get("schema") if isinstance(record, dict) else record
-        raise error(f"{path}: field 'schema' is {found!r:.60}, expected {schema!r}")
-    if validate_as:
-        from .schemas import validate
-
-        validate(record, validate_as, str(path), error)
+    schemas.check_id(record, schema, str(path), error)
+    name = validate_as or schemas.documents().get(schema)
+    if name:
+        schemas.validate(record, name, str(path), error)
     return record

@@ -41,12 +41,13 @@ from .overrides import smodels_as_shipped
 from .predictor import NLL_SAMPLES, Selection, predict
 from .xsec import effective_xsecs
 from .runs import freeze_before_fork, one_blas_thread, physics_score, start_model
+from .schemas import schema_id
 from .slha import to_slha
 from .walker import sample
 
 logger = logging.getLogger(__name__)
 
-BENCH_SCHEMA = "protomodels.bench/1"
+BENCH_SCHEMA = schema_id("bench")
 
 
 def benchmark_models(count: int, seed: int, space: Optional[Space] = None) -> List[ProtoModel]:
@@ -66,6 +67,52 @@ def benchmark_models(count: int, seed: int, space: Optional[Space] = None) -> Li
             if proposal is not None and proposal.log_ratio > -math.inf:
                 model = proposal.model
         if any(v > 0 for v in effective_xsecs(model).values()):
+            models.append(model)
+    return models
+
+
+#: (e)'s model families, one per analysis with a trained surrogate: the simplified
+#: topologies those searches target, so that every model has a combined (pyhf) prediction
+#: there.  Each draws its masses from the ranges the analysis probes (GeV).
+def _sbottom_to_higgs(rng: np.random.Generator) -> ProtoModel:
+    """ATLAS-SUSY-2018-31: Xb -> b XZ2, XZ2 -> h XZ1 (T6bbHH)."""
+    xb = float(rng.uniform(900, 1500))
+    xz2 = float(rng.uniform(250, min(900.0, xb - 200)))
+    return ProtoModel(masses={1000005: xb, 1000023: xz2, 1000022: float(rng.uniform(60, xz2 - 130))},
+                      decays={1000005: {"b XZ2": 1.0}, 1000023: {"h XZ1": 1.0}})
+
+
+def _stau_pairs(rng: np.random.Generator) -> ProtoModel:
+    """ATLAS-SUSY-2018-04: Xtau -> tau XZ1 (TStauStau)."""
+    xtau = float(rng.uniform(150, 450))
+    return ProtoModel(masses={1000015: xtau, 1000022: float(rng.uniform(1, xtau - 60))},
+                      decays={1000015: {"l XZ1": 1.0}})
+
+
+def _compressed_ewkinos(rng: np.random.Generator) -> ProtoModel:
+    """ATLAS-SUSY-2018-16: XW1 = XZ2 a few GeV above XZ1 (TChiWZoff)."""
+    heavy = float(rng.uniform(100, 250))
+    gap = float(rng.uniform(3, 40))
+    return ProtoModel(masses={1000022: heavy - gap, 1000023: heavy, 1000024: heavy},
+                      decays={1000023: {"l l XZ1": 0.1, "q q XZ1": 0.9},
+                              1000024: {"l nu XZ1": 0.33, "q q' XZ1": 0.67}})
+
+
+SURROGATE_FAMILIES = {"ATLAS-SUSY-2018-31": _sbottom_to_higgs,
+                      "ATLAS-SUSY-2018-04": _stau_pairs,
+                      "ATLAS-SUSY-2018-16": _compressed_ewkinos}
+
+
+def surrogate_models(analyses: Sequence[str], count: int, seed: int) -> List[ProtoModel]:
+    """``count`` models per analysis in ``analyses`` that has a family in
+    ``SURROGATE_FAMILIES`` (seeded; each model is checked by ``ProtoModel.validate``)."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    models = []
+    for analysis in analyses:
+        family = SURROGATE_FAMILIES.get(analysis)
+        for _ in range(count if family else 0):
+            model = family(rng)
+            model.validate(f"bench family {analysis}")
             models.append(model)
     return models
 
@@ -165,14 +212,14 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
     return rows
 
 
-def likelihood_steps(db: ExperimentalDatabase, count: int = 60, seed: int = 1,
-                     modes: Sequence[str] = ("simplified", "full", "surrogate"),
-                     limit: int = 8) -> Dict[str, Any]:
+def likelihood_steps(db: ExperimentalDatabase, per_analysis: int = 4, seed: int = 1,
+                     modes: Sequence[str] = ("simplified", "full", "surrogate")) -> Dict[str, Any]:
     """(e): one evaluation of K, cold caches, restricted to the pyhf results that have a
-    trained surrogate, with each likelihood in ``modes``, for up to ``limit`` of
-    ``count`` benchmark models that have a combined prediction there.  Per mode: the
-    median and slowest seconds and each model's K; for ``surrogate`` also how often a
-    prediction fell back.  Leaves the database in its own mode again."""
+    trained surrogate, with each likelihood in ``modes``, for ``per_analysis`` models of
+    each such analysis' family (``surrogate_models``) that have a combined prediction
+    there.  Per mode: the median and slowest seconds and each model's K and r_max; for
+    ``surrogate`` also how often a prediction fell back.  Leaves the database in its own
+    mode again."""
     from . import significance
     from .statistics import surrogate
     from .statistics.workspaces import use_likelihood
@@ -182,25 +229,23 @@ def likelihood_steps(db: ExperimentalDatabase, count: int = 60, seed: int = 1,
         return {"analyses": [], "note": "no trained surrogate (protomodels surrogate train)"}
     own = db.likelihood or "simplified"
     selection = Selection(analyses=tuple(analyses))
-    chosen = []
-    for model in benchmark_models(count, seed):
-        predictions = predict(model, db, selection)
-        if any(p.data_type == "combined" for p in predictions):
-            chosen.append(model)
-        if len(chosen) >= limit:
-            break
-    out: Dict[str, Any] = {"analyses": analyses, "models": len(chosen), "modes": {}}
+    chosen = [model for model in surrogate_models(analyses, per_analysis, seed)
+              if any(p.data_type == "combined" for p in predict(model, db, selection))]
+    out: Dict[str, Any] = {"analyses": analyses, "models": len(chosen),
+                           "described": [m.describe() for m in chosen], "modes": {}}
     try:
         for mode in modes:
             use_likelihood(db, mode)
             before = dict(surrogate.USAGE)
-            seconds, ks = [], []
+            seconds, ks, r_max = [], [], []
             for model in chosen:
                 _clear_caches(db)
                 t0 = time.perf_counter()
-                ks.append(significance.evaluate(model, db, selection=selection).K)
+                evaluated = significance.evaluate(model, db, selection=selection)
                 seconds.append(time.perf_counter() - t0)
-            row = {**_percentiles(seconds), "K": ks}
+                ks.append(evaluated.K)
+                r_max.append(evaluated.r_max)
+            row = {**_percentiles(seconds), "K": ks, "r_max": r_max}
             if mode == "surrogate":
                 row["usage"] = {k: surrogate.USAGE[k] - before[k] for k in before}
             out["modes"][mode] = row
@@ -333,7 +378,8 @@ def walker_steps(db: ExperimentalDatabase, walkers: int, steps: int, seed: int) 
 def run(db: ExperimentalDatabase, models: int = 20, seed: int = 1, steps: int = 50,
         walkers: int = 2, database: Optional[str] = None, pyhf_cls: bool = True,
         likelihoods: bool = True) -> Dict[str, Any]:
-    """The whole benchmark; returns the JSON document (schema protomodels.bench/1)."""
+    """The whole benchmark; returns the JSON document (schema ``bench``; ``read_bench``
+    reads it back)."""
     from . import significance
 
     started = time.perf_counter()
@@ -423,8 +469,26 @@ def format_report(result: Dict[str, Any]) -> str:
                          f"slowest {row.get('max_s', float('nan')):.3f} s"
                          + (f"  (surrogate used {usage['surrogate']}x, fell back "
                             f"{usage['outside domain'] + usage['not trained']}x)" if usage else ""))
+        full, sur = e["modes"].get("full"), e["modes"].get("surrogate")
+        if full and sur:
+            dk = [abs(a - b) for a, b in zip(sur["K"], full["K"])]
+            dr = [abs(a - b) / b for a, b in zip(sur["r_max"], full["r_max"]) if b]
+            lines.append(f"      surrogate vs full: |K difference| median {np.median(dk):.3f}, "
+                         f"max {max(dk):.3f}; r_max relative difference median "
+                         f"{np.median(dr) if dr else float('nan'):.1%}, "
+                         f"max {max(dr) if dr else float('nan'):.1%}")
     elif e.get("note"):
         lines.append(f"(e) {e['note']}")
     lines.insert(0, f"likelihood of pyhf results: {result.get('likelihood')}")
     lines.append(f"benchmark took {result['seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def read_bench(path) -> Dict[str, Any]:
+    """A ``bench --json`` result read back (to compare machines or commits), checked
+    against its schema: a file of another version or a damaged one is a ``FormatError``
+    naming the file and JSON path instead of a KeyError deep in a comparison."""
+    from .atomic import read_json_record
+    from .exceptions import FormatError
+
+    return read_json_record(path, BENCH_SCHEMA, FormatError, "benchmark result")

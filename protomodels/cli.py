@@ -18,18 +18,20 @@ import click
 
 from . import __version__
 from .exceptions import ProtomodelsError
+from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
 
 logger = logging.getLogger("protomodels")
-SCHEMA_VERSION = "protomodels.significance/1"
 
 
-def _configure_logging(verbose: int) -> None:
-    level = logging.WARNING - 10 * verbose
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+def _configure_logging(verbose: int, quiet: bool = False) -> None:
+    """INFO by default: progress and what was written (``protomodels.progress``); -q
+    warnings only, -v DEBUG."""
+    from .progress import LogHandler
+
+    level = logging.WARNING if quiet else logging.INFO - 10 * verbose
     root = logging.getLogger("protomodels")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [LogHandler()]
     root.propagate = False
     root.setLevel(level)
     from smodels.base.smodelsLogging import setLogLevel
@@ -62,12 +64,13 @@ def _emit(text: str, output_file: Optional[str]) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="protomodels")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv: SModelS too); tracebacks.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only: no progress.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Proto-models: minimal new-physics models confronted with LHC results via SModelS."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
-    _configure_logging(verbose)
+    _configure_logging(verbose, quiet)
 
 
 database_option = click.option(
@@ -113,12 +116,16 @@ def _parse_sqrts(_ctx, _param, value: str):
 @click.option("--analyses", default="*", show_default=True, metavar="PATTERN",
               help="Comma-separated shell patterns on analysis ids, e.g. 'CMS-*,ATLAS-SUSY-2018-*'.")
 @click.option("--superseded", is_flag=True, help="Also use results superseded by newer ones.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=None, metavar="DIR",
+              help="Also write a self-contained HTML page of the model to DIR/index.html "
+                   "(needs protomodels[plots]).")
 @likelihood_option
 @database_option
 @_handle_errors
 def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_limit: float,
-                 sqrts, analyses: str, superseded: bool, likelihood: str,
-                 database_path: Optional[str]) -> None:
+                 sqrts, analyses: str, superseded: bool, report_dir: Optional[Path],
+                 likelihood: str, database_path: Optional[str]) -> None:
     """K, TL, mu_hat and the best combination of the model in SLHA_FILE."""
     from . import significance as sig
     from .general import GeneralModel, load_model
@@ -136,13 +143,18 @@ def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_l
         result = sig.evaluate(model, db, r_limit=r_limit, selection=selection)
     result.timings["wall"] = time.perf_counter() - t0
     report = significance_report(result, db, slha_file, model)
+    if report_dir is not None:
+        from .report import model_report
+        page = model_report(slha_file, result, model, report, report_dir)
+        click.echo(f"report: {page}", err=True)  # stdout stays the text or JSON document
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else format_significance(report), output_file)
 
 
 def significance_report(result, db, slha_file: Path, model=None) -> Dict[str, Any]:
-    """The JSON document of one significance computation (schema protomodels.significance/1);
-    ``model``: a ``general.GeneralModel`` adds what SModelS was given (``model``)."""
+    """The JSON document of one significance computation (schema ``significance``; read
+    back by ``significance.read_significance``); ``model``: a ``general.GeneralModel`` adds
+    what SModelS was given (``model``)."""
     from .general import GeneralModel
     def pred(p) -> Dict[str, Any]:
         return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
@@ -158,7 +170,7 @@ def significance_report(result, db, slha_file: Path, model=None) -> Dict[str, An
                       "tl_share": m.tl / result.TL if result.TL > 0 else 0.0})
         members.append(entry)
     return {
-        "schema": SCHEMA_VERSION,
+        "schema": schema_id("significance"),
         "protomodels_version": __version__,
         "file": str(slha_file),
         "database": {"path": db.path, "version": db.version, "sha256": db.sha256,
@@ -284,7 +296,7 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
               help="With --validate: pyhf backend of the full-likelihood evaluations (jax: "
                    "exact gradients, much faster for the large workspaces; needs jax).")
-@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.simplify/1).")
+@click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('simplify')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
 def simplify(database_path: Optional[str], validate: bool, signals: int, costly_signals: int,
@@ -330,12 +342,13 @@ def surrogate_train(analysis, workspace, samples, holdout, seed, backend, cluste
                     database_path, as_json) -> None:
     """Training data from pyhf on the full workspace (resumable), then the network
     (ONNX with a JSON sidecar, in the cache)."""
+    from .progress import progress_bar
     from .statistics import surrogate
 
-    sidecar = surrogate.train_workspace(
-        database_path, analysis, workspace, samples=samples, holdout=holdout, seed=seed,
-        backend=backend, cluster=cluster, jobs=jobs,
-        progress=lambda n, m: logger.info("training data: %d/%d chunks", n, m))
+    with progress_bar(None, f"{analysis}: training data chunks") as bar:
+        sidecar = surrogate.train_workspace(
+            database_path, analysis, workspace, samples=samples, holdout=holdout, seed=seed,
+            backend=backend, cluster=cluster, jobs=jobs, progress=bar.update)
     if as_json:
         _emit(json.dumps({k: v for k, v in sidecar.items() if k != "domain"}, indent=2,
                          sort_keys=True) + "\n", None)
@@ -359,11 +372,13 @@ def surrogate_train(analysis, workspace, samples, holdout, seed, backend, cluste
 @_handle_errors
 def surrogate_validate(only, ul_signals, backend, database_path, as_json, output_file) -> None:
     """Accuracy on held-out signals (by -2 Delta), upper limits against pyhf, speed."""
+    from .progress import progress_bar
     from .statistics import surrogate
 
-    rows = surrogate.validate_all(database_path, tuple(p.strip() for p in only.split(",")),
-                                  ul_signals=ul_signals, backend=backend,
-                                  progress=lambda n, m: logger.info("pyhf limits: %d/%d", n, m))
+    with progress_bar(None, "pyhf upper limits of held-out signals") as bar:
+        rows = surrogate.validate_all(database_path, tuple(p.strip() for p in only.split(",")),
+                                      ul_signals=ul_signals, backend=backend,
+                                      progress=bar.update)
     _emit(json.dumps(rows, indent=2, sort_keys=True) + "\n" if as_json
           else surrogate.format_validation(rows), output_file)
 
@@ -558,6 +573,35 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
                   if any(e.get("polished") for e in entries) else ")"))
 
 
+def hiscore_model(entry: Dict[str, Any]):
+    """(best-fit model, its effective cross sections) of a hiscore entry: the model with
+    every multiplier scaled by its mu_hat, as ``hiscores/rank-<n>.slha`` holds it."""
+    from .model import ProtoModel
+    from .runs import best_fit
+    from .xsec import effective_xsecs
+
+    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
+    return model, effective_xsecs(model)
+
+
+def hiscore_report(run_dir: Path, entry: Dict[str, Any], db):
+    """(``significance.Significance``, ``show --json``'s document) of one hiscore entry of
+    the run in ``run_dir``, re-evaluated on ``db`` with the run's own r_limit and results
+    (so that K is the hiscore's): what ``show`` prints and ``report`` draws."""
+    from . import rescore as rescoring, significance as sig
+    from .runs import read_run_config, run_selection
+
+    model, xsecs = hiscore_model(entry)
+    config = read_run_config(run_dir)
+    result = sig.evaluate(model, db, r_limit=config.get("r_limit", 1.0),
+                          selection=run_selection(config))
+    report = significance_report(result, db, Path(run_dir) / f"hiscores/rank-{entry['rank']}.slha")
+    report["K_by_likelihood"] = rescoring.k_values(run_dir, [entry])[0]
+    report["model"] = model.to_dict()
+    report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
+    return result, report
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True)
@@ -570,26 +614,18 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
 def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database_path) -> None:
     """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
     combination and top r values of its best fit (multipliers scaled by mu_hat)."""
-    from . import rescore as rescoring, significance as sig
-    from .model import NAMES, ProtoModel
-    from .xsec import effective_xsecs
-    from .runs import best_fit
+    from .model import NAMES
     from .slha import write_slha
 
     entries = {e["rank"]: e for e in _entries(run_dir)}
     if rank not in entries:
         raise ProtomodelsError(f"{run_dir}: no hiscore of rank {rank} (have 1-{len(entries)})")
     entry = entries[rank]
-    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
-    xsecs = effective_xsecs(model)
+    model, xsecs = hiscore_model(entry)
     if slha_out:
         write_slha(model, xsecs, Path(slha_out))
     db = _run_database(run_dir, database_path, likelihood)
-    result = sig.evaluate(model, db)
-    report = significance_report(result, db, run_dir / f"hiscores/rank-{rank}.slha")
-    report["K_by_likelihood"] = rescoring.k_values(run_dir, [entry])[0]
-    report["model"] = model.to_dict()
-    report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
+    _, report = hiscore_report(run_dir, entry, db)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -615,21 +651,39 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database
 def plot(run_dir: Path, out_dir: Path, likelihood, database_path) -> None:
     """PNGs: K trace per walker, mass spectra of the best models, and the best model's
     likelihoods vs mu for each member of its combination."""
-    from . import plots, significance as sig
-    from .model import ProtoModel
-    from .runs import best_fit
+    from . import plots
 
     entry = _entries(run_dir)[0]
-    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
-    result = sig.evaluate(model, _run_database(run_dir, database_path, likelihood))
-    members = []
-    for m in result.combination:
-        p = m.prediction
-        curve = p.curve(result.mu_max if result.mu_max != float("inf") else 10.0)
-        members.append((f"{p.analysis_id} {p.dataset_id}", curve))
+    result, _ = hiscore_report(run_dir, entry, _run_database(run_dir, database_path, likelihood))
+    members = plots.combination_curves(result)
     for path in plots.plot_run(run_dir, out_dir, likelihood_members=members or None,
                                mu_hat=result.mu_hat, mu_max=result.mu_max):
         click.echo(str(path))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the page, index.html [default: RUN_DIR/report].")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Hiscores shown in full (each re-evaluated: about a second).")
+@click.option("--fakes", "fakes_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, metavar="BATCH",
+              help="A batch of runs on fake databases (`protomodels fakes --out BATCH`): add "
+                   "the global p-value of this run's best K.")
+@run_likelihood_option
+@run_database_option
+@_handle_errors
+def report(run_dir: Path, out_dir: Optional[Path], top: int, fakes_dir: Optional[Path],
+           likelihood, database_path) -> None:
+    """A self-contained HTML page of a run (index.html, images and SLHA files inlined; opens
+    offline): configuration, K traces, hiscores, and the best models re-evaluated: spectra,
+    decay graphs, combinations, likelihoods, top r values."""
+    from .report import build_report
+
+    page = build_report(run_dir, out_dir or run_dir / "report", top=top, database=database_path,
+                        likelihood=likelihood, fakes=fakes_dir)
+    click.echo(str(page))
 
 
 noise_option = click.option(
@@ -689,7 +743,7 @@ def fakedb(seed: int, out: Path, inject, fudge: float, noise: str, as_json: bool
                 type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG of the distribution [default: REAL_RUN/pvalue.png].")
-@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.pvalue/1).")
+@click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('pvalue')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
 def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
@@ -721,7 +775,7 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
                    "fell short).  About 2 minutes a run.")
 @click.option("--max-evaluations", type=click.IntRange(min=1), default=150, show_default=True,
               help="K evaluations per reference fit.")
-@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.closure/1).")
+@click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('closure')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
 def closure(runs, injected: Optional[Path], window: float, fits: bool, max_evaluations: int,
@@ -810,7 +864,7 @@ def fakes(count, seed, walkers, steps, out, ladder, swap_every, temperature, r_l
 @click.option("--walkers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Forked walkers for (c) and the memory figures.")
 @click.option("--seed", type=int, default=1, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.bench/1).")
+@click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('bench')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @likelihood_option
 @database_option
@@ -868,6 +922,82 @@ def polish(run_dir: Path, top: int, max_evaluations: int, as_json: bool,
             click.echo(f"rank {row['rank_before']} polished: now rank {row['rank']}, {row['slha']}")
 
 
+def _scan_option(parser: str) -> Callable:
+    """A click callback applying ``protomodels.scan``'s function ``parser`` (None passes),
+    its ValueError a BadParameter."""
+    def callback(_ctx, _param, value):
+        from . import scan as scanning
+
+        if value is None:
+            return None
+        try:
+            return getattr(scanning, parser)(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    return callback
+
+
+@cli.command(name="scan")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The hiscore whose best fit is scanned.")
+@click.option("--x", "x_param", required=True, metavar="PARAMETER",
+              help="A particle of the model (its mass, GeV), e.g. Xt, or a multiplier "
+                   "ssm:A,B, e.g. ssm:Xt,Xt (~A: antiparticle, where both pairs exist).")
+@click.option("--y", "y_param", required=True, metavar="PARAMETER", help="As --x.")
+@click.option("--points", default="20x20", show_default=True, metavar="NxM",
+              callback=_scan_option("parse_points"),
+              help="Grid points along x and y.")
+@click.option("--x-range", default=None, metavar="LO:HI",
+              callback=_scan_option("parse_range"),
+              help="Range of --x [default: mass +- max(40%, 100 GeV) within the walks' range; "
+                   "multiplier /3 to x3, log].")
+@click.option("--y-range", default=None, metavar="LO:HI",
+              callback=_scan_option("parse_range"),
+              help="Range of --y [default: as --x-range].")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Scan file; run again to continue it [default: "
+                   "RUN_DIR/scans/rank<R>-<x>-<y>-<key>.json].")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG of the K map [default: the scan file with .png].")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Local worker processes [default: min(chunks, cores)].")
+@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
+              help="Evaluate the points as Dask tasks (see walk --cluster).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="With --cluster local: worker processes; with a batch system: jobs.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (the summary).")
+@run_database_option
+@_handle_errors
+def scan_command(run_dir: Path, rank: int, x_param: str, y_param: str, points, x_range, y_range,
+                 out_file: Optional[Path], plot_path: Optional[Path], processes: Optional[int],
+                 cluster: Optional[str], jobs: Optional[int], as_json: bool,
+                 database_path: Optional[str]) -> None:
+    """K (and TL, mu_hat, r_max) on a grid of two parameters of a hiscore's best fit,
+    everything else fixed, with the run's own score; resumable; plotted as a K map."""
+    from . import scan as scanning
+
+    if (processes is not None) and cluster:
+        raise click.UsageError("give --processes (local) or --cluster (Dask), not both")
+    try:
+        summary = scanning.scan(run_dir, x_param, y_param, rank=rank, points=points,
+                                x_range=x_range, y_range=y_range, out=out_file,
+                                database=database_path, cluster=cluster, jobs=jobs,
+                                processes=processes)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the finished points are kept; run the same command again "
+                   "to continue", err=True)
+        sys.exit(130)
+    document = scanning.read_scan(Path(summary["file"]))
+    target = plot_path or scanning.default_plot_path(Path(summary["file"]))
+    scanning.plot_scan(document, target)
+    summary["plot"] = str(target)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return
+    click.echo(scanning.format_summary(summary) + f"  plot: {target}")
+
+
 @cli.command(name="posterior")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--burn-in", type=click.IntRange(min=0), default=None,
@@ -875,7 +1005,7 @@ def polish(run_dir: Path, top: int, max_evaluations: int, as_json: bool,
                    "and at least up to a --screen run's last training].")
 @click.option("--bins", type=click.IntRange(min=1), default=20, show_default=True,
               help="Bins of each particle's mass histogram.")
-@click.option("--json", "as_json", is_flag=True, help="JSON output (schema protomodels.posterior/1).")
+@click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('posterior')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also draw the mass histograms as a PNG here (needs matplotlib).")

@@ -28,7 +28,6 @@ Differences of polished K below ``UNDECIDED`` are left undecided.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -37,15 +36,17 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .exceptions import RunError
+from .exceptions import DatabaseError, RunError
+from .fakedb import read_record
 from .model import LSP, NAMES, PIDS, ProtoModel
 from .moves import Space, freezable, log_reference, remove_particle
 from .polish import MAX_EVALUATIONS, Score, polish_model, run_score
 from .pvalue import clopper_pearson, run_summary
+from .schemas import schema_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.closure/1"
+SCHEMA = schema_id("closure")
 DEFAULT_WINDOW = 200.0  # GeV, the paper's
 UNDECIDED = 0.1  # |delta K| below which a reference fit prefers neither model
 _KINDS = {
@@ -132,9 +133,12 @@ def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> Prot
     if not record.exists():  # a batch moved since, or read from another folder
         record = Path(run["run"]).parent / record.parent.name / record.name
     try:
-        text = json.loads(record.read_text())["injected"]["slha"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise RunError(f"{record}: field 'injected.slha' unreadable ({error}); give --injected") from None
+        injected_record = read_record(record)["injected"]
+    except DatabaseError as error:  # unreadable, or not a fake database record of ours
+        raise RunError(f"{error}; give --injected") from None
+    if injected_record is None:
+        raise RunError(f"{record}: field 'injected' is null: nothing was injected; give --injected")
+    text = injected_record["slha"]
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(fake["injected"]).name
         path.write_text(text)

@@ -103,8 +103,8 @@ class DaskRunner(Runner):
         self.run_key = hashlib.sha256(f"{Path(out).resolve()}:{config.seed}".encode()).hexdigest()[:12]
         self.config = {k: v for k, v in asdict(config).items() if k != "processes"}
         self.client, self.closers = connect(self.spec, self.jobs)
-        logger.warning("cluster: %s, %d chains", self.client.dashboard_link or self.spec,
-                       ladder.chains)
+        logger.info("cluster: %s, %d chains", self.client.dashboard_link or self.spec,
+                    ladder.chains)
 
     def advance(self, targets, report):
         futures = {c: self.client.submit(chain_task, self.out, c, self.seeds[c], t,
@@ -129,9 +129,15 @@ class DaskRunner(Runner):
         return crashed, []
 
     def close(self) -> None:
-        for thing in self.closers:
-            try:
-                thing.close()
-            except Exception:  # closing a dead cluster must not hide the result
-                logger.debug("closing %s failed", thing, exc_info=True)
+        disconnect(self.closers)
         self.closers = []
+
+
+def disconnect(closers: List[Any]) -> None:
+    """Close what ``connect`` opened (client, cluster), ignoring failures: closing a dead
+    cluster must not hide the result."""
+    for thing in closers:
+        try:
+            thing.close()
+        except Exception:
+            logger.debug("closing %s failed", thing, exc_info=True)

@@ -30,12 +30,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
 from .atomic import file_lock, write_json_atomic
 from .exceptions import DatabaseError
+from .progress import progress_bar
 from .statistics.cache import StatisticsCache
 
 logger = logging.getLogger(__name__)
@@ -154,15 +155,16 @@ def _build_binary(text_dir: Path, pcl: Path, source: str, digest: str) -> None:
         if pcl.is_file() and pcl.with_suffix(".json").is_file():
             return
         _install_particles(text_dir)
-        logger.warning("building the SModelS binary database from %s; this takes several "
-                       "minutes, once", text_dir)
+        logger.info("building the SModelS binary database from %s; this takes several "
+                    "minutes, once", text_dir)
         t0 = time.perf_counter()
-        with _quiet_smodels():
+        folders = _result_folders(text_dir)
+        with progress_bar(len(folders), "database build: results parsed") as advance, \
+                _counting_results(advance), _quiet_smodels():
             db = Database(str(text_dir), force_load="txt")
         loaded = {(str(Path(er.path).resolve().relative_to(text_dir.resolve()))
                    if getattr(er, "path", None) else er.globalInfo.id)
                   for er in db.expResultList}
-        folders = _result_folders(text_dir)
         failed = sorted(f for f in folders if f not in loaded)
         if not db.expResultList:
             raise DatabaseError(f"{text_dir}: SModelS loaded 0 results")
@@ -185,8 +187,34 @@ def _build_binary(text_dir: Path, pcl: Path, source: str, digest: str) -> None:
             "failed_folders": failed,
         }
         write_json_atomic(pcl.with_suffix(".json"), manifest)
-        logger.warning("built %s in %.0f s: %d results", pcl, manifest["build_seconds"],
-                       manifest["results_loaded"])
+        logger.info("built %s in %.0f s: %d results", pcl, manifest["build_seconds"],
+                    manifest["results_loaded"])
+
+
+@contextlib.contextmanager
+def _counting_results(advance: Callable[[], None]) -> Iterator[None]:
+    """Call ``advance()`` after each result folder SModelS parses, while the block runs.
+
+    SModelS 3.1 has no progress hook of its own (only a bar of the optional package
+    python-progressbar, which logs cannot use): ``SubDatabase._loadExpResults`` parses the
+    folders one ``SubDatabase.createExpResult(root)`` call each, so that method is wrapped
+    here and restored on exit.  A build holds the database's file lock, and nothing else
+    in the process parses a text database meanwhile."""
+    from smodels.experiment.databaseObj import SubDatabase
+
+    original = SubDatabase.createExpResult
+
+    def create(self, root):
+        try:
+            return original(self, root)
+        finally:
+            advance()
+
+    SubDatabase.createExpResult = create
+    try:
+        yield
+    finally:
+        SubDatabase.createExpResult = original
 
 
 @contextlib.contextmanager

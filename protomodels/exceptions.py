@@ -37,5 +37,15 @@ class RunError(ProtomodelsError):
     """A run directory or checkpoint is missing, inconsistent or corrupt."""
 
 
+class ScanError(ProtomodelsError):
+    """A scan's grid is ill-defined (parameter, points, range), or its file is corrupt or
+    belongs to another scan."""
+
+
 class WorkspaceError(ProtomodelsError):
     """A pyhf workspace cannot be read, fitted, simplified or validated."""
+
+
+class FormatError(ProtomodelsError):
+    """A file of ours that no other exception covers (a significance report, a benchmark
+    result) is unreadable, of another version, or does not match its JSON schema."""

@@ -13,8 +13,9 @@ from typing import Any, Dict, List
 
 from .atomic import file_lock, read_json_record, write_json_atomic
 from .exceptions import RunError
+from .schemas import schema_id
 
-SCHEMA = "protomodels.hiscores/1"
+SCHEMA = schema_id("hiscores")
 MASS_TOLERANCE = 0.01
 KEEP = 10
 

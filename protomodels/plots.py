@@ -6,10 +6,15 @@ leaves on disk (``walker-<i>/history.jsonl`` and ``hiscores.json``) and can be m
 while the walkers are still going.  matplotlib is an optional dependency: it is
 imported inside the functions, and figures are drawn on the non-interactive Agg
 canvas directly, so no global pyplot state (backend, open figures) is touched.
+
+Every ``plot_*`` function returns its Figure and writes a PNG only when given a path, so
+``protomodels report`` can inline the same pictures (``figure_png``) instead of reading
+files back.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from pathlib import Path
@@ -55,18 +60,34 @@ def _figure(width: float, height: float) -> "Figure":
     return fig
 
 
-def _save(fig: "Figure", path: Path) -> None:
+def _save(fig: "Figure", path: Optional[Path]) -> None:
+    """Write ``fig`` as a PNG at ``path``; None: keep it in memory only."""
+    if path is None:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
     logger.info("wrote %s", path)
 
 
+def figure_png(fig: "Figure") -> bytes:
+    """The PNG bytes of ``fig``, for pages that inline their images (``report``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
+def _k_points(folder: Path) -> List[Tuple[int, float]]:
+    """(step, K) of every history line of a chain with a finite K."""
+    return [(s["step"], s["K"]) for s in read_history(folder)
+            if _finite(s.get("step")) and _finite(s.get("K"))]
+
+
+def plot_k_trace(run_dir: Path, path: Optional[Path] = None) -> "Figure":
     """K against step for every walker: shows burn-in, mixing and where walkers got stuck.
 
     K only changes on accepted steps, so each walker is drawn as a step line.
@@ -76,8 +97,7 @@ def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
     ax = fig.add_subplot()
     best: Optional[Tuple[float, int]] = None
     for index, folder in walkers:
-        points = [(s["step"], s["K"]) for s in read_history(folder)
-                  if _finite(s.get("step")) and _finite(s.get("K"))]
+        points = _k_points(folder)
         steps = [p[0] for p in points]
         ks = [p[1] for p in points]
         ax.plot(steps, ks, drawstyle="steps-post", linewidth=1.2, label=f"walker {index}")
@@ -92,6 +112,42 @@ def plot_k_trace(run_dir: Path, path: Path) -> "Figure":
     ax.set_title(f"K trace: {Path(run_dir).name or run_dir}")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small", ncol=1 if len(walkers) <= 8 else 2)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
+
+
+def plot_k_trace_by_temperature(run_dir: Path, temperatures: Dict[int, float],
+                                path: Optional[Path] = None) -> "Figure":
+    """One panel of K traces per rung of a replica-exchange ladder (``temperatures``:
+    chain -> its fixed temperature), sharing the K axis: the cold rungs should climb and
+    settle, the hot ones roam; a rung whose chains never move points at a ladder gap."""
+    rungs = sorted(set(temperatures.values()))
+    if not rungs:
+        raise RunError(f"{run_dir}: no chains to plot by temperature")
+    columns = min(3, len(rungs))
+    rows = math.ceil(len(rungs) / columns)
+    fig = _figure(3.4 * columns + 0.6, 2.5 * rows + 0.6)
+    axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    folders = dict(chain_folders(run_dir))
+    for ax, temperature in zip(axes, rungs):
+        for chain in sorted(c for c, t in temperatures.items() if t == temperature):
+            if chain not in folders:
+                continue
+            points = _k_points(folders[chain])
+            ax.plot([p[0] for p in points], [p[1] for p in points], drawstyle="steps-post",
+                    linewidth=1.0, label=f"chain {chain}")
+        ax.set_title(f"T = {temperature:g}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="lower right", fontsize="x-small")
+    for ax in axes[len(rungs):]:
+        ax.set_visible(False)
+    for ax in axes[::columns]:
+        ax.set_ylabel("K")
+    for ax in axes[len(rungs) - columns:len(rungs)]:
+        ax.set_xlabel("step")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(f"K traces per temperature: {Path(run_dir).name or run_dir}", fontsize=10)
     fig.tight_layout()
     _save(fig, path)
     return fig
@@ -116,7 +172,7 @@ def _spread(values: Sequence[float], gap: float, low: float, high: float) -> Lis
     return [max(v, low) for v in out]
 
 
-def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
+def plot_mass_spectrum(run_dir: Path, path: Optional[Path] = None, top: int = 5) -> "Figure":
     """Particle masses of the best ``top`` hiscore models side by side, to compare them.
 
     x is the hiscore rank, y the mass in GeV; each particle is a horizontal tick,
@@ -126,6 +182,19 @@ def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
     entries = sorted(hiscores.read(source), key=lambda e: e.get("rank", 0))[:max(top, 0)]
     if not entries:
         raise RunError(f"{source}: no hiscore entries to plot")
+    return plot_spectra(entries, path)
+
+
+def plot_spectra(entries: Sequence[Dict[str, Any]], path: Optional[Path] = None,
+                 annotations: Optional[Sequence[Sequence[str]]] = None,
+                 title: str = "Best proto-models") -> "Figure":
+    """The level plot of ``plot_mass_spectrum`` for the given hiscore entries (each with
+    ``model``, ``K`` and optionally ``rank``, ``walker``, or a ``label`` for its column);
+    ``annotations``: per entry, lines written under its column (``report``: the analyses
+    of its combination and their share of TL, so one sees which results each spectrum
+    answers to)."""
+    if not entries:
+        raise ProtomodelsError("plot_spectra: no models to draw")
     spectra = []
     for entry in entries:
         masses = {name: float(m) for name, m in entry["model"]["masses"].items()
@@ -137,7 +206,10 @@ def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
     high = max(all_masses) + 0.08 * span
     gap = 0.035 * (high - low)
 
-    fig = _figure(max(7.0, 1.6 * len(entries) + 3.5), 6.0)
+    extra = max((len(lines) for lines in annotations or []), default=0)
+    fig = _figure(max(5.5 if len(entries) == 1 else 7.0,
+                      (2.3 if annotations else 1.6) * len(entries) + 3.5),
+                  6.0 + 0.13 * extra)
     ax = fig.add_subplot()
     for x, (entry, spectrum) in enumerate(zip(entries, spectra), start=1):
         names = [name for name, _ in spectrum]
@@ -154,13 +226,19 @@ def plot_mass_spectrum(run_dir: Path, path: Path, top: int = 5) -> "Figure":
     ax.set_xlim(0.4, len(entries) + 0.95)
     ax.set_ylim(low, high)
     ax.set_xticks(range(1, len(entries) + 1))
-    ax.set_xticklabels([f"#{e.get('rank', i)}\nwalker {e.get('walker', '?')}"
-                        for i, e in enumerate(entries, start=1)], fontsize=8)
-    ax.set_xlabel("hiscore rank")
+    labels = [e.get("label") or f"#{e.get('rank', i)}\nwalker {e.get('walker', '?')}"
+              for i, e in enumerate(entries, start=1)]
+    if annotations:
+        labels = [label + "".join(f"\n{line}" for line in lines)
+                  for label, lines in zip(labels, annotations)]
+    ax.set_xticklabels(labels, fontsize=8 if not annotations else 7)
+    if not any("label" in e for e in entries):
+        ax.set_xlabel("hiscore rank")
     ax.set_ylabel("mass [GeV]")
     ax.grid(True, axis="y", alpha=0.3)
-    ks = ", ".join(f"#{e.get('rank', i)} K={e['K']:.2f}" for i, e in enumerate(entries, start=1))
-    ax.set_title(f"Best proto-models: {ks}", fontsize=10)
+    ks = ", ".join(("" if "label" in e else f"#{e.get('rank', i)} ") + f"K={e['K']:.2f}"
+                   for i, e in enumerate(entries, start=1))
+    ax.set_title(f"{title}: {ks}", fontsize=10)
     handles = [ax.plot([], [], color=colour, linewidth=2.5, label=family)[0]
                for family, _, colour in FAMILIES
                if any(_family_colour(n) == colour for s in spectra for n, _ in s)]
@@ -204,17 +282,28 @@ def _y_top(grid: np.ndarray, curves: List[np.ndarray], mu_max: Optional[float]) 
     return max(1.0, min(top, 50.0)) * 1.15
 
 
+def combination_curves(result: Any) -> List[Tuple[str, NllFunction]]:
+    """(label, nll(mu)) of each member of a ``significance.Significance``'s best
+    combination, valid up to its mu_max (10 when unbounded): what ``plot_likelihoods``
+    draws for ``plot`` and ``report``."""
+    end = result.mu_max if math.isfinite(result.mu_max) else 10.0
+    return [(f"{m.prediction.analysis_id} {m.prediction.dataset_id}", m.prediction.curve(end))
+            for m in result.combination]
+
+
 def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[float],
-                     mu_max: Optional[float], path: Path) -> "Figure":
+                     mu_max: Optional[float], path: Optional[Path] = None,
+                     size: Tuple[float, float] = (8.0, 5.0)) -> "Figure":
     """-2 Delta ln L of each combined result and of their sum, against the signal strength.
 
     Shows which results pull mu_hat away from zero and which bound it from above
     (mu_max).  Each curve is relative to its own minimum on mu in [0, 1.5 mu_max].
+    ``size``: inches (the report draws it beside a table).
     """
     if not members:
         raise ProtomodelsError("plot_likelihoods: no likelihood members to draw")
     grid = np.linspace(0.0, _mu_range(mu_hat, mu_max), GRID_POINTS)
-    fig = _figure(8.0, 5.0)
+    fig = _figure(*size)
     ax = fig.add_subplot()
     total = np.zeros_like(grid)
     curves = []
@@ -282,9 +371,90 @@ def plot_run(run_dir: Path, out_dir: Path,
     return written
 
 
+def _columns(count: int) -> List[int]:
+    """x positions 1, -1, 2, -2, ...: one column per particle on alternating sides of the
+    LSP's column 0, so that no decay arrow runs through another particle's box."""
+    return [(i // 2 + 1) * (1 if i % 2 == 0 else -1) for i in range(count)]
+
+
+def _box_exit(box: Any, towards: np.ndarray) -> np.ndarray:
+    """Where the ray from the centre of ``box`` (display pixels) to ``towards`` leaves it."""
+    centre = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+    d = towards - centre
+    scale = min(box.width / 2 / abs(d[0]) if d[0] else math.inf,
+                box.height / 2 / abs(d[1]) if d[1] else math.inf)
+    return centre + min(scale, 1.0) * d
+
+
+def plot_decay_graph(graph: Any, path: Optional[Path] = None,
+                     title: str = "Decays") -> "Figure":
+    """A model's decays as a graph: particles as boxes at their mass (y, GeV), one arrow
+    per parent and BSM daughter, labelled with the SM particles emitted and the BR of each
+    channel.  ``graph``: a ``networkx.DiGraph`` whose nodes have ``mass`` and whose edges
+    have ``channels`` [(SM products, BR), ...] (``report.decay_graph``).
+
+    Arrows are cut where they leave and enter the boxes (measured after the layout, in
+    pixels), so every arrowhead shows, and each label sits on its arrow where it covers
+    no box and no other label, if there is such a place."""
+    if graph.number_of_nodes() == 0:
+        raise ProtomodelsError("plot_decay_graph: no particles to draw")
+    masses = {node: float(data["mass"]) for node, data in graph.nodes(data=True)}
+    lightest = min(masses, key=masses.get)
+    others = sorted((n for n in masses if n != lightest), key=masses.get)
+    x = {lightest: 0, **dict(zip(others, _columns(len(others))))}
+    low, high = min(masses.values()), max(masses.values())
+    pad = max(0.16 * (high - low), 60.0)  # room for the boxes of the lightest and heaviest
+    fig = _figure(max(4.8, 1.5 * (max(x.values()) - min(x.values()) + 1) + 1.4), 4.8)
+    ax = fig.add_subplot()
+    nodes = {}
+    for node, mass in masses.items():
+        colour = _family_colour(str(node))
+        nodes[node] = ax.text(x[node], mass, f"{node}\n{mass:.0f} GeV", ha="center",
+                              va="center", fontsize=9, fontweight="bold", color=colour, zorder=5,
+                              bbox={"boxstyle": "round,pad=0.35", "facecolor": "white",
+                                    "edgecolor": colour, "linewidth": 1.5})
+    ax.set_xlim(min(x.values()) - 0.8, max(x.values()) + 0.8)
+    ax.set_ylim(max(0.0, low - pad), high + pad)
+    ax.set_xticks([])
+    ax.set_ylabel("mass [GeV]")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()  # the axes are final from here: boxes can be measured in pixels
+    renderer = fig.canvas.get_renderer()
+    margin = 0.35 * 9 * DPI / 72 + 3  # the box's pad and frame around the text
+    boxes = {n: t.get_window_extent(renderer).padded(margin) for n, t in nodes.items()}
+    taken = list(boxes.values())
+    to_data = ax.transData.inverted()
+    for parent, daughter, data in graph.edges(data=True):
+        a = ax.transData.transform((x[parent], masses[parent]))
+        b = ax.transData.transform((x[daughter], masses[daughter]))
+        start, end = _box_exit(boxes[parent], b), _box_exit(boxes[daughter], a)
+        ax.annotate("", xy=to_data.transform(end), xytext=to_data.transform(start),
+                    arrowprops={"arrowstyle": "-|>", "color": "0.35", "linewidth": 1.2,
+                                "shrinkA": 1, "shrinkB": 1})
+        text = ax.text(0, 0, "\n".join(f"{sm}  {br:.2f}" for sm, br in data["channels"]),
+                       fontsize=8, ha="center", va="center", color="0.15", zorder=4,
+                       bbox={"boxstyle": "round,pad=0.2", "facecolor": "white",
+                             "edgecolor": "0.8"})
+        for fraction in (0.5, 0.35, 0.65, 0.2, 0.8, 0.5):  # the last: no free place
+            text.set_position(to_data.transform(start + fraction * (end - start)))
+            extent = text.get_window_extent(renderer).padded(3)
+            if not any(extent.overlaps(other) for other in taken):
+                break
+        taken.append(extent)
+    _save(fig, path)
+    return fig
+
+
 def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
     """The fakes' best-K distribution (histogram and kernel density estimate) with the
     real best K marked and both p-values written on the plot."""
+    _save(pvalue_figure(report), Path(path))
+    return Path(path)
+
+
+def pvalue_figure(report: Dict[str, Any]) -> "Figure":
+    """The figure of ``plot_pvalue`` for a ``pvalue.compare_runs`` report."""
     from .pvalue import fake_density
 
     ks = np.array([f["best_K"] for f in report["fakes"]], dtype=float)
@@ -315,5 +485,4 @@ def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
     ax.set_title("Global p-value: best K under the Standard Model")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    _save(fig, Path(path))
-    return Path(path)
+    return fig

@@ -222,7 +222,17 @@ def polish_model(model: ProtoModel, score: Score, max_evaluations: int = MAX_EVA
 def run_score(run_dir: Path, database: Optional[str] = None) -> Score:
     """The run's own score (its database, likelihood, r_limit and selection, as
     ``runs.load_physics_score``); ``database`` replaces its database."""
-    from .runs import WalkConfig, load_physics_score, read_run_config
+    from .runs import WalkConfig, load_physics_score
+
+    _, score = load_physics_score(WalkConfig(**run_score_config(run_dir, database)))
+    return score
+
+
+def run_score_config(run_dir: Path, database: Optional[str] = None) -> Dict[str, Any]:
+    """The run's configuration as ``runs.WalkConfig`` fields (what its score depends on:
+    database, likelihood, r_limit, sqrts, analyses), ``database`` replacing its database;
+    ``RunError`` if ``run_dir`` is not a run."""
+    from .runs import WalkConfig, read_run_config
 
     _check_run(run_dir)
     config = read_run_config(run_dir)
@@ -230,8 +240,7 @@ def run_score(run_dir: Path, database: Optional[str] = None) -> Score:
     config = {k: v for k, v in config.items() if k in known}
     if database is not None:
         config["database"] = database
-    _, score = load_physics_score(WalkConfig(**config))
-    return score
+    return config
 
 
 def _check_run(run_dir: Path) -> None:

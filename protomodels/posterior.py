@@ -41,6 +41,7 @@ import numpy as np
 from . import __version__
 from .exceptions import RunError
 from .runs import chain_folder, read_history, read_run_config
+from .schemas import schema_id
 from .tempering import Ladder
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.posterior/1"
+SCHEMA = schema_id("posterior")
 #: Sokal's window constant (emcee's default): the window is the smallest M >= c tau(M).
 WINDOW_C = 5.0
 #: emcee's reliability rule: tau is trusted when the chains are longer than 50 tau.

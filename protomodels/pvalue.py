@@ -18,15 +18,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .atomic import write_json_atomic
+from .atomic import read_json_record, write_json_atomic
 from .exceptions import RunError
+from .progress import progress_bar
 from .runs import legacy_config, run_steps
+from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.pvalue/1"
-FAKES_SCHEMA = "protomodels.fakes/1"
+SCHEMA = schema_id("pvalue")
+FAKES_SCHEMA = schema_id("fakes")
 #: Run settings that must agree between the real run and the fakes for a fair comparison.
 COMPARED = ("walkers", "steps", "ladder", "swap_every", "mass_steps", "move_mix",
             "screen_train_at", "r_limit",
@@ -187,7 +189,7 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
                           for i, s in enumerate(seeds)]}
     previous = out / "fakes.json"
     if previous.exists():
-        stored = json.loads(previous.read_text())
+        stored = read_json_record(previous, FAKES_SCHEMA, RunError, "batch file")
         stored.setdefault("likelihood", legacy_config({})["likelihood"])
         for key in ("seed", "walkers", "inject", "fudge", "noise", "likelihood"):
             if stored.get(key) != manifest[key]:
@@ -195,22 +197,24 @@ def run_fakes(out: str | Path, count: int, seed: int, walkers: int, steps: int,
                                f"asks for {manifest[key]!r}; use another output folder")
     write_json_atomic(previous, manifest)
     runs = []
-    for i, entry in enumerate(manifest["fakes"]):
-        db_dir, run_dir = out / entry["database"], out / entry["run"]
-        if fakedb.record_path(db_dir) is None:
-            fakedb.generate(db_dir, seed=entry["seeds"]["database"], base=base, inject=inject,
-                            fudge=fudge, noise=noise)
-        started = (run_dir / "run.json").exists()
-        done = (run_steps(run_dir) or 0) if started else 0
-        if done < steps:
-            logger.warning("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
-            config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,
-                                seed=entry["seeds"]["walk"], database=str(db_dir.resolve()),
-                                **options)
-            summary = walk(config, resume=started, runner=runner)
-            if summary["crashed"] or summary["interrupted"]:
-                raise RunError(f"{run_dir}: walkers {summary['crashed'] + summary['interrupted']} "
-                               "did not finish; run the same command again to continue")
-        runs.append(run_dir)
+    with progress_bar(count, "fakes done") as advance:
+        for i, entry in enumerate(manifest["fakes"]):
+            db_dir, run_dir = out / entry["database"], out / entry["run"]
+            if fakedb.record_path(db_dir) is None:
+                fakedb.generate(db_dir, seed=entry["seeds"]["database"], base=base,
+                                inject=inject, fudge=fudge, noise=noise)
+            started = (run_dir / "run.json").exists()
+            done = (run_steps(run_dir) or 0) if started else 0
+            if done < steps:
+                logger.info("fake %d/%d: %s on %s", i + 1, count, run_dir, db_dir)
+                config = WalkConfig(out=str(run_dir), walkers=walkers, steps=steps - done,
+                                    seed=entry["seeds"]["walk"], database=str(db_dir.resolve()),
+                                    **options)
+                summary = walk(config, resume=started, runner=runner)
+                if summary["crashed"] or summary["interrupted"]:
+                    raise RunError(f"{run_dir}: walkers {summary['crashed'] + summary['interrupted']} "
+                                   "did not finish; run the same command again to continue")
+            runs.append(run_dir)
+            advance()
     return runs
 

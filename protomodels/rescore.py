@@ -20,11 +20,12 @@ from typing import Any, Dict, List, Tuple
 from .atomic import read_json_record, write_json_atomic
 from .exceptions import RunError
 from .runs import read_run_config
+from .schemas import schema_id
 from .statistics.workspaces import LIKELIHOODS
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.rescore/1"
+SCHEMA = schema_id("rescore")
 
 
 def rescore_path(run_dir: Path, likelihood: str) -> Path:

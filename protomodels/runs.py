@@ -19,6 +19,7 @@ histories, because every chain's stream is its own and the sweeps are decided he
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -36,16 +37,18 @@ import numpy as np
 from .atomic import read_json_record, sole_writer, write_json_atomic, write_text_atomic
 from .exceptions import RunError
 from .model import LSP, ProtoModel
+from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 from .moves import MASS_STEPS, MOVE_MIX, Space, Unfreeze, default_moves
+from .progress import duration, live_table
 from .tempering import (DEFAULT_LADDER, DEFAULT_SWAP_EVERY, Ladder, TemperingStore,
                         acceptance_by_pair, boundaries, pending_states, swap_stream, sweep)
 from .walker import sample
 
 logger = logging.getLogger(__name__)
 
-RUN_SCHEMA = "protomodels.run/1"
-CHECKPOINT_SCHEMA = "protomodels.checkpoint/1"
+RUN_SCHEMA = schema_id("run")
+CHECKPOINT_SCHEMA = schema_id("checkpoint")
 
 
 def walker_seeds(seed: int, walkers: int) -> List[np.random.SeedSequence]:
@@ -386,11 +389,19 @@ def load_physics_score(config: "WalkConfig"):
     """(database, score) for a run's configuration: its database, likelihood, r_limit and
     selection."""
     from .loader import load_database
-    from .predictor import Selection
 
     db = load_database(config.database, config.likelihood)
-    selection = Selection(sqrts=tuple(config.sqrts), analyses=tuple(config.analyses))
-    return db, physics_score(db, config.r_limit, selection)
+    return db, physics_score(db, config.r_limit, run_selection(asdict(config)))
+
+
+def run_selection(config: Dict[str, Any]):
+    """The ``predictor.Selection`` of a run configuration (run.json's ``config``, or a
+    ``WalkConfig`` as a dict): re-evaluations (``show``, ``report``) must use the results
+    the walk used, or their K differ from the hiscores'."""
+    from .predictor import SQRTS, Selection
+
+    return Selection(sqrts=tuple(config.get("sqrts") or SQRTS),
+                     analyses=tuple(config.get("analyses") or ("*",)))
 
 
 def best_fit(model: ProtoModel, mu_hat: float) -> ProtoModel:
@@ -536,6 +547,27 @@ def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
     return status
 
 
+STATUS_COLUMNS = ["chain", "T", "steps", "steps/s", "time left", "acceptance", "best K"]
+
+
+def status_rows(out: Path, ladder: Ladder, first: List[int], end: int, started: float,
+                screened: bool) -> List[List[str]]:
+    """The live status of a walk (``STATUS_COLUMNS``, plus the share screened out), one
+    row per chain: steps/s counts the steps since ``started`` (a monotonic time, when the
+    chains stood at ``first``), and the time left is what the chain needs at that pace to
+    reach step ``end``."""
+    seconds = max(time.monotonic() - started, 1e-9)
+    rows = []
+    for c, state in enumerate(progress(out, ladder.chains)):
+        rate = (state["steps"] - first[c]) / seconds
+        left = "-" if rate <= 0 else duration((end - state["steps"]) / rate)
+        best = "-" if state["best_K"] is None else f"{state['best_K']:.3f}"
+        rows.append([str(c), f"{ladder.temperature(c):g}", f"{state['steps']}/{end}",
+                     f"{rate:.2f}", left, f"{100 * state['acceptance']:.0f}%", best]
+                    + ([f"{100 * state['screened']:.0f}%"] if screened else []))
+    return rows
+
+
 def walk(config: WalkConfig, resume: bool = False, score_factory=None,
          runner: Optional["Runner"] = None) -> Dict[str, Any]:
     """Start or continue a run: load the database once, then advance the chains in rounds
@@ -604,21 +636,6 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
                                                         "one per chain, the last for swaps"},
                                      "segments": [{"steps": config.steps, "started": time.time()}]})
     seeds = walker_seeds(config.seed, ladder.chains)
-    tty = sys.stderr.isatty()
-    last_report = [0.0]
-
-    def report() -> None:
-        now = time.monotonic()
-        if now - last_report[0] > (10.0 if tty else 30.0):
-            last_report[0] = now
-            line = "  ".join(f"w{s['walker']}: {s['steps']} steps, acc {100 * s['acceptance']:.0f}%, "
-                             f"best K {s['best_K'] if s['best_K'] is None else round(s['best_K'], 2)}"
-                             for s in progress(out, ladder.chains))
-            if tty:
-                print("\r" + line, end="", file=sys.stderr, flush=True)
-            else:
-                logger.warning("progress: %s", line)
-
     if journal is not None:
         journal = _finish_pending_sweep(tempering, journal, stores)
     end = max(done) + config.steps
@@ -627,25 +644,30 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
                        "step %d: no step will be screened", out, min(config.screen_train_at), end)
     crashed: List[int] = []
     interrupted: List[int] = []
-    try:
-        runner.start(out, seeds, ladder, config, score)
-        if journal is not None and min(done) == max(done):  # stopped between round and sweep
-            journal = _maybe_sweep(tempering, journal, stores, ladder, config, min(done))
-        for stop in boundaries(min(done), end, config.swap_every, ladder.rungs):
-            targets = {c: stop for c in range(ladder.chains) if done[c] < stop}
-            crashed, interrupted = runner.advance(targets, report)
-            if crashed or interrupted:
-                break
-            done = [max(d, stop) for d in done]
-            if journal is not None:
-                journal = _maybe_sweep(tempering, journal, stores, ladder, config, stop)
-    except KeyboardInterrupt:  # between rounds or in a sweep: its journal finishes it on resume
-        logger.warning("interrupted between rounds: --resume continues")
-        interrupted = sorted(set(range(ladder.chains)) - set(crashed))
-    finally:
-        runner.close()
-    if tty:
-        print(file=sys.stderr)
+    columns = STATUS_COLUMNS + (["screened"] if config.screen_train_at else [])
+    status = functools.partial(status_rows, out, ladder, list(done), end, time.monotonic(),
+                               bool(config.screen_train_at))
+    with live_table(f"walk {out}", columns) as show:
+        def report() -> None:
+            show(status)
+
+        try:
+            runner.start(out, seeds, ladder, config, score)
+            if journal is not None and min(done) == max(done):  # stopped between round and sweep
+                journal = _maybe_sweep(tempering, journal, stores, ladder, config, min(done))
+            for stop in boundaries(min(done), end, config.swap_every, ladder.rungs):
+                targets = {c: stop for c in range(ladder.chains) if done[c] < stop}
+                crashed, interrupted = runner.advance(targets, report)
+                if crashed or interrupted:
+                    break
+                done = [max(d, stop) for d in done]
+                if journal is not None:
+                    journal = _maybe_sweep(tempering, journal, stores, ladder, config, stop)
+        except KeyboardInterrupt:  # between rounds or in a sweep: its journal finishes it on resume
+            logger.warning("interrupted between rounds: --resume continues")
+            interrupted = sorted(set(range(ladder.chains)) - set(crashed))
+        finally:
+            runner.close()
     for i in crashed:
         logger.error("walker %d crashed: --resume continues it from its last checkpoint", i)
     export_hiscores(out)

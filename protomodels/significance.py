@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from .combiner import (EMPTY, CombinabilityMatrix, Combination, ResultKey, best_combination,
                        combinability_graph)
@@ -208,3 +208,14 @@ def default_matrix() -> CombinabilityMatrix:
     if _MATRIX is None:
         _MATRIX = CombinabilityMatrix.load()
     return _MATRIX
+
+
+def read_significance(path) -> Dict[str, Any]:
+    """A ``protomodels significance --json`` report read back (e.g. to compare models or
+    databases later), checked against its schema so that a file of another version or a
+    damaged one is a ``FormatError`` naming the file and JSON path, not a misreading."""
+    from .atomic import read_json_record
+    from .exceptions import FormatError
+    from .schemas import schema_id
+
+    return read_json_record(path, schema_id("significance"), FormatError, "significance report")

@@ -39,6 +39,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .schemas import schema_id
+
 #: The default ladder (README, "Search"): geometric from T = 0.1 (which optimises) to
 #: T = 1 (the posterior), ratio 10**0.2 = 1.58 between rungs.  The first ladder, 0.1,
 #: 0.25, 0.5, 1, 2, 4, swapped only 4-16% of the time between its two coldest rungs, and
@@ -46,7 +48,7 @@ import numpy as np
 #: helped the cold end (README, "Search").
 DEFAULT_LADDER: Tuple[float, ...] = (0.1, 0.16, 0.25, 0.4, 0.63, 1.0)
 DEFAULT_SWAP_EVERY = 10
-TEMPERING_SCHEMA = "protomodels.tempering/1"
+TEMPERING_SCHEMA = schema_id("tempering")
 
 
 @dataclass(frozen=True)

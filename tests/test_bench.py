@@ -3,11 +3,9 @@ subset database produces the documented JSON."""
 
 from __future__ import annotations
 
-import json
-
 from click.testing import CliRunner
 
-from protomodels.bench import BENCH_SCHEMA, benchmark_models
+from protomodels.bench import BENCH_SCHEMA, benchmark_models, read_bench
 from protomodels.cli import cli
 
 
@@ -27,7 +25,7 @@ def test_bench_command_on_the_subset_database(subset_dir, tmp_path):
                                       "--json", "--output-file", str(out),
                                       "--database", str(subset_dir)])
     assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    report = read_bench(out)  # checked against its schema
     assert report["schema"] == BENCH_SCHEMA
     assert len(report["per_model"]) == 2
     assert all(m["a_s"] > 0 and m["b_s"] > 0 for m in report["per_model"])

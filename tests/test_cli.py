@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from protomodels import __version__, database
 from protomodels.cli import cli
+from protomodels.significance import read_significance
 from protomodels.xsec import effective_xsecs
 from protomodels.slha import write_slha
 
@@ -76,7 +77,7 @@ def test_significance_json_and_text(subset_dir, subset_db, tmp_path):
     result = run("significance", str(path), "--json", "--database", str(subset_dir),
                  "--output-file", str(out))
     assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    report = read_significance(out)  # checked against its schema
     assert report["schema"] == "protomodels.significance/1"
     assert report["n_predictions"] > 0 and len(report["top_r"]) <= 10
     assert report["K"] == pytest.approx(report["TL"] + report["prior"]["two_ln_prior"])
@@ -101,6 +102,11 @@ def test_database_info_on_subset(subset_dir, subset_db):
     assert report["failed_to_load"] == []
     assert set(report["combinable"]) == {"ATLAS-SUSY-2018-31", "CMS-SUS-21-002"}
     assert report["counts"]["sqrts_tev"] == {"8": 2, "13": 8}
+    # INFO is the default (what was loaded, progress); -q keeps warnings only
+    assert "loaded in" in result.stderr and result.stderr.startswith("INFO protomodels.")
+    quiet = run("-q", "database", "info", "--database", str(subset_dir), "--json")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)["results"] == len(SUBSET)
 
 
 def test_corrupt_binary_database(tmp_path):
@@ -132,6 +138,13 @@ def test_concurrent_first_use_builds_once(subset_dir, tmp_path):
     builds = sum(err.count("building the SModelS binary database") for _, err in outputs)
     assert builds == 1
     assert len(list((tmp_path / "cache").glob("*/smodels-*.pcl"))) == 1
+    # the build reports each analysis parsed (every tenth of them in a pipe: here each),
+    # as plain log lines with the time left
+    err = next(err for _, err in outputs if "building the SModelS" in err)
+    parsed = [line for line in err.splitlines() if "database build: results parsed:" in line]
+    assert [line.split("parsed: ")[1].split(" ")[0] for line in parsed] == \
+        [f"{k}/{len(SUBSET)}" for k in range(1, len(SUBSET) + 1)]
+    assert "left" in parsed[0] and "\x1b[" not in err
 
 
 def test_walk_config_errors_name_the_key(tmp_path):

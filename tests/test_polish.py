@@ -199,5 +199,5 @@ def test_command(base_run, tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["polish", str(run), "--top", "1", "--max-evaluations", "50",
                                       "--json"], obj={})
     assert result.exit_code == 0, result.output
-    [row] = json.loads(result.output)
+    [row] = json.loads(result.stdout)
     assert row["improved"] and row["rank"] == 1 and row["evaluations"] == 50

@@ -331,6 +331,7 @@ def test_resume_with_a_truncated_checkpoint_stops_before_any_walker_runs(tmp_pat
     assert histories == [(out / f"walker-{i}/history.jsonl").read_bytes() for i in range(2)]
 
 
+@pytest.mark.writes_invalid_files
 def test_one_schema_validates_flags_files_and_run_json(tmp_path):
     """The same ranges hold for a configuration file, the options passed to ``walk`` and
     the configuration stored in a resumed run's run.json; the schema's likelihoods are
@@ -358,6 +359,7 @@ def test_one_schema_validates_flags_files_and_run_json(tmp_path):
         walk(WalkConfig(out=str(out), steps=2), resume=True, score_factory=fake_factory)
 
 
+@pytest.mark.writes_invalid_files
 def test_run_files_are_checked_against_their_schemas(tmp_path):
     """A wrong field in a checkpoint, a history line or hiscores.json is a one-line error
     naming the file (and line) and the field's JSON path (not a KeyError or a misread run)."""

@@ -134,7 +134,8 @@ def test_a_surrogate_of_another_workspace_version_is_refused(trained):
         with pytest.raises(WorkspaceError, match="field 'workspace_sha256'.*retrain"):
             surrogate.WorkspaceSurrogate.load(trained["source"])
         json_path.write_text(json.dumps(dict(sidecar, schema="protomodels.surrogate/0")))
-        with pytest.raises(WorkspaceError, match="field 'schema'"):
+        with pytest.raises(WorkspaceError,
+                           match=r"model.json: \$\.schema: 'protomodels.surrogate/0' is not"):
             surrogate.WorkspaceSurrogate.load(trained["source"])
     finally:
         json_path.write_text(json.dumps(sidecar))

@@ -44,10 +44,11 @@ import numpy as np
 
 from ..atomic import file_lock, write_json_atomic
 from ..exceptions import WorkspaceError
+from ..schemas import schema_id, validate
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.simplified/1"
+SCHEMA = schema_id("simplified")
 SAMPLE = "Bkg"  # ATLAS' names, so that our files look like theirs
 MODIFIER = "totalError"
 INTERPOLATION = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
@@ -223,11 +224,10 @@ def read_cached(path: Path, digest: str) -> Optional[Dict[str, Any]]:
         return None
     try:
         record = json.loads(path.read_text())
+        validate(record, "simplified", str(path), WorkspaceError)
         provenance = record["provenance"]
         problem = None
-        if record.get("schema") != SCHEMA:
-            problem = f"field 'schema' is {record.get('schema')!r}"
-        elif provenance.get("source_sha256") != digest:
+        if provenance["source_sha256"] != digest:
             problem = "field 'provenance.source_sha256' does not match the source"
         elif {k: provenance.get(k) for k in ("pyhf", "iminuit")} != _versions():
             problem = (f"made by pyhf {provenance.get('pyhf')} / iminuit "
@@ -235,7 +235,10 @@ def read_cached(path: Path, digest: str) -> Optional[Dict[str, Any]]:
         if problem is None:
             pyhf.Workspace(record["workspace"])
             return record
-    except Exception as error:  # unreadable JSON, missing fields, schema violations
+    except WorkspaceError as error:  # another version, or damaged: names the JSON path
+        logger.warning("%s; rebuilding it", error)
+        return None
+    except Exception as error:  # unreadable JSON, a workspace pyhf refuses
         problem = f"unusable ({type(error).__name__}: {str(error)[:120]})"
     logger.warning("%s: %s; rebuilding it", path, problem)
     return None
@@ -268,9 +271,10 @@ def cached(source: Path, analysis: str = "") -> Dict[str, Any]:
             spec = json.loads(source.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise WorkspaceError(f"{label}: cannot read {source} ({error})") from None
-        # WARNING, like the binary database's build: a minute of silence looks like a hang
-        logger.warning("%s: building its simplified likelihood (a background-only fit, up "
-                       "to a minute), once", label)
+        # INFO (the default level), like the binary database's build: a minute of silence
+        # looks like a hang
+        logger.info("%s: building its simplified likelihood (a background-only fit, up "
+                    "to a minute), once", label)
         t0 = time.perf_counter()
         simplified = build(spec, name=f"{label} ({source})")
         record = {

@@ -31,7 +31,6 @@ dimensions would reject almost everything.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -43,13 +42,14 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from scipy import optimize, special
 
-from ..atomic import write_json_atomic
+from ..atomic import read_json_record, write_json_atomic
 from ..exceptions import WorkspaceError
+from ..schemas import schema_id
 from . import surrogate_data as data_mod
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.surrogate/1"
+SCHEMA = schema_id("surrogate")
 HIDDEN = (64, 64)
 DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
@@ -190,16 +190,14 @@ class WorkspaceSurrogate:
     @classmethod
     def load(cls, source: data_mod.WorkspaceSource) -> Optional["WorkspaceSurrogate"]:
         """The trained surrogate of ``source``, None when there is none; raises
-        ``WorkspaceError`` when its sidecar is of another schema or workspace."""
+        ``WorkspaceError`` when its sidecar is of another version, does not match its
+        schema (``surrogate``) or was trained for another version of the workspace."""
         onnx_path, json_path = model_paths(source)
         if not (onnx_path.is_file() and json_path.is_file()):
             return None
         require_onnx()
-        sidecar = json.loads(json_path.read_text())
-        if sidecar.get("schema") != SCHEMA:
-            raise WorkspaceError(f"{json_path}: field 'schema' is {sidecar.get('schema')!r}, "
-                                 f"not {SCHEMA!r}")
-        if sidecar.get("workspace_sha256") != source.sha256:
+        sidecar = read_json_record(json_path, SCHEMA, WorkspaceError, "surrogate sidecar")
+        if sidecar["workspace_sha256"] != source.sha256:
             raise WorkspaceError(f"{json_path}: field 'workspace_sha256' is "
                                  f"{sidecar.get('workspace_sha256')!r} but {source.path} has "
                                  f"{source.sha256}; retrain it")
@@ -414,7 +412,8 @@ def trained(db) -> List[tuple]:
         for source in data_mod.full_workspaces(expresult):
             _, json_path = model_paths(source)
             if json_path.is_file():
-                out.append((expresult, source, json.loads(json_path.read_text())))
+                out.append((expresult, source, read_json_record(
+                    json_path, SCHEMA, WorkspaceError, "surrogate sidecar")))
     return out
 
 

@@ -27,7 +27,6 @@ a killed job resumes where it stopped and the same seed gives the same data.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -37,12 +36,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..atomic import write_json_atomic
+from ..atomic import read_json_record, write_json_atomic
 from ..exceptions import WorkspaceError
+from ..schemas import schema_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.surrogate-data/1"
+SCHEMA = schema_id("surrogate-data")
 DATASETS = ("observed", "expected", "observed_asimov", "expected_asimov")
 CHUNK = 25  # samples per task and file
 Q_RANGE = (0.01, 60.0)  # rough sensitivity sum n^2/(d+1) of the signals, log-uniform
@@ -266,8 +266,8 @@ def read_split(source: WorkspaceSource, split: str, seed: int, samples: int):
         if not path.is_file():
             raise WorkspaceError(f"{path}: missing; run `protomodels surrogate train "
                                  f"{source.analysis}` (it resumes)")
-        record = json.loads(path.read_text())
-        if record.get("schema") != SCHEMA or record.get("workspace_sha256") != source.sha256:
+        record = read_json_record(path, SCHEMA, WorkspaceError, "surrogate training data")
+        if record["workspace_sha256"] != source.sha256:
             raise WorkspaceError(f"{path}: field 'workspace_sha256' is "
                                  f"{record.get('workspace_sha256')!r}, not the workspace's "
                                  f"{source.sha256}; delete the folder to regenerate")

@@ -40,11 +40,12 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import simplified
+from ..schemas import schema_id
 from .workspaces import OUR_SIMPLIFIED, file_map
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = "protomodels.simplify/1"
+SCHEMA = schema_id("simplify")
 SIGNAL_EVENTS = 10.0  # total signal of each validation signal, all regions together
 COSTLY_FIT_SECONDS = 10.0  # full workspaces slower than this get ``costly_signals`` signals
 

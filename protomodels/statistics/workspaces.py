@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..exceptions import WorkspaceError
+from ..progress import tracked
 from . import simplified
 
 logger = logging.getLogger(__name__)
@@ -193,10 +194,11 @@ def use_likelihood(db, mode: str = DEFAULT_LIKELIHOOD) -> Dict[str, WorkspaceCho
 
     check_likelihood(mode)
     choices: Dict[str, WorkspaceChoice] = {}
-    for expresult in db.smodels.expResultList:
+    pyhf_results = [er for er in db.smodels.expResultList
+                    if hasattr(er.globalInfo, "jsonFiles") and hasattr(er.globalInfo, "jsons")]
+    # shown only when simplified workspaces are being built (a minute each, once)
+    for expresult in tracked(pyhf_results, f"{mode} likelihoods of the pyhf results", delay=3.0):
         info = expresult.globalInfo
-        if not (hasattr(info, "jsonFiles") and hasattr(info, "jsons")):
-            continue
         default = getattr(info, _DEFAULT, None)
         if default is None:
             default = (copy.deepcopy(info.jsonFiles), info.jsons)
