@@ -2,7 +2,9 @@
 
 Writes go to a temporary file in the same folder, then a rename: readers (other walkers,
 a user's ``cat``) never see half a file, and a crash mid-write leaves the previous version
-intact.  ``file_lock`` serialises first builds and read-modify-write cycles between
+intact; the file gets the permissions a plain ``open`` would give it (``FILE_MODE``: 0666
+less the umask, so a shared report or run folder stays readable to others where the umask
+allows).  ``file_lock`` serialises first builds and read-modify-write cycles between
 processes; ``sole_writer`` refuses a second writer of a run; ``read_json_record`` reads a
 file of ours and checks its schema id.
 """
@@ -15,15 +17,39 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Type
+from typing import Any, Dict, Iterator, Type
 
 
-def write_text_atomic(path: os.PathLike, text: str) -> None:
+def _read_umask() -> int:
+    """The process' umask: from /proc (Linux, no change of process state), else by setting
+    and restoring it (once, at import, before any thread of ours runs)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+#: Permission bits of every file written here: what ``open`` would give a new file
+#: (0666 less the umask), not ``mkstemp``'s 0600 (read once, at import).
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+def write_bytes_atomic(path: os.PathLike, payload: bytes) -> None:
+    """Replace ``path`` by ``payload`` atomically: a temporary file in the same folder
+    (mode ``FILE_MODE``), flushed to disk, then renamed over ``path``.  The folder must
+    exist; ``OSError`` (unwritable folder, full disk) leaves ``path`` as it was and no
+    temporary file behind."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), FILE_MODE)
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -32,7 +58,13 @@ def write_text_atomic(path: os.PathLike, text: str) -> None:
         raise
 
 
+def write_text_atomic(path: os.PathLike, text: str) -> None:
+    """``write_bytes_atomic`` of ``text`` as UTF-8."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
 def write_json_atomic(path: os.PathLike, data: Any) -> None:
+    """``data`` as indented JSON with sorted keys, written by ``write_text_atomic``."""
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -84,19 +116,20 @@ def sole_writer(lockfile: os.PathLike, error: Type[Exception], what: str) -> Ite
 
 
 def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
-                     what: str = "file", validate_as: Optional[str] = None) -> Dict[str, Any]:
+                     what: str = "file") -> Dict[str, Any]:
     """The JSON object in ``path`` whose field 'schema' is the id ``schema``, checked
-    against the shipped JSON schema that pins that id (``protomodels.schemas``;
-    ``validate_as`` names it explicitly); otherwise ``error`` with a one-line message
-    naming the file and the JSON path (``what`` says what it should have been)."""
+    against the shipped JSON schema that pins that id (``protomodels.schemas``), the id
+    first; otherwise ``error`` with a one-line message naming the file and the JSON path
+    (``what`` says what it should have been)."""
     from . import schemas
 
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as problem:
         raise error(f"{path}: unreadable {what} ({problem})") from None
-    schemas.check_id(record, schema, str(path), error)
-    name = validate_as or schemas.documents().get(schema)
+    name = schemas.documents().get(schema)
     if name:
-        schemas.validate(record, name, str(path), error)
+        schemas.validate(record, name, str(path), error)  # checks the id first
+    else:  # an id no shipped schema pins: the id alone
+        schemas.check_id(record, schema, str(path), error)
     return record

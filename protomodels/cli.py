@@ -29,7 +29,8 @@ def _configure_logging(verbose: int, quiet: bool = False) -> None:
     warnings only, -v DEBUG."""
     from .progress import LogHandler
 
-    level = logging.WARNING if quiet else logging.INFO - 10 * verbose
+    # -vv and more stay DEBUG: 0 (NOTSET) would defer to the root logger's WARNING
+    level = logging.WARNING if quiet else max(logging.DEBUG, logging.INFO - 10 * verbose)
     root = logging.getLogger("protomodels")
     root.handlers[:] = [LogHandler()]
     root.propagate = False
@@ -132,6 +133,9 @@ def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_l
     from .loader import load_database
     from .predictor import Selection
 
+    if report_dir is not None:
+        from .report import check_dependencies
+        check_dependencies()  # a missing extra fails before the evaluation, not after it
     model = load_model(slha_file)
     db = load_database(database_path, likelihood)
     selection = Selection(sqrts=sqrts, analyses=tuple(a.strip() for a in analyses.split(",")),
@@ -142,70 +146,12 @@ def significance(slha_file: Path, as_json: bool, output_file: Optional[str], r_l
     else:
         result = sig.evaluate(model, db, r_limit=r_limit, selection=selection)
     result.timings["wall"] = time.perf_counter() - t0
-    report = significance_report(result, db, slha_file, model)
-    if report_dir is not None:
-        from .report import model_report
-        page = model_report(slha_file, result, model, report, report_dir)
-        click.echo(f"report: {page}", err=True)  # stdout stays the text or JSON document
+    report = sig.significance_report(result, db, slha_file, model)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else format_significance(report), output_file)
-
-
-def significance_report(result, db, slha_file: Path, model=None) -> Dict[str, Any]:
-    """The JSON document of one significance computation (schema ``significance``; read
-    back by ``significance.read_significance``); ``model``: a ``general.GeneralModel`` adds
-    what SModelS was given (``model``)."""
-    from .general import GeneralModel
-    def pred(p) -> Dict[str, Any]:
-        return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
-                "sqrts_tev": p.sqrts, "xsec_fb": p.xsec_fb, "ul_obs_fb": p.ul_obs_fb,
-                "ul_exp_fb": p.ul_exp_fb, "r_obs": p.r_obs, "r_exp": p.r_exp,
-                "txnames": p.txnames, **({"note": p.note} if p.note else {}),
-                **({"likelihood": p.likelihood} if p.likelihood else {})}
-
-    members = []
-    for m in result.combination:
-        entry = pred(m.prediction)
-        entry.update({"nll_0": m.nll0, "nll_mu_hat": m.nll_mu_hat, "tl": m.tl,
-                      "tl_share": m.tl / result.TL if result.TL > 0 else 0.0})
-        members.append(entry)
-    return {
-        "schema": schema_id("significance"),
-        "protomodels_version": __version__,
-        "file": str(slha_file),
-        "database": {"path": db.path, "version": db.version, "sha256": db.sha256,
-                     "fake": db.fake},
-        "likelihood": db.likelihood,
-        "workspaces": {name: chosen.describe() for name, chosen in sorted(db.likelihoods.items())},
-        "K": result.K, "TL": result.TL, "prior": {"two_ln_prior": result.log_prior,
-                                                  **result.prior_terms},
-        "mu_hat": result.mu_hat,
-        "mu_max": result.mu_max if result.mu_max != float("inf") else None,
-        "r_limit": result.r_limit, "r_max": result.r_max,
-        "combination": members,
-        "top_r": [pred(p) for p in result.top_r(10)],
-        "n_predictions": len(result.predictions),
-        "n_informative": result.informative,
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-        "model": ({"kind": "general", **model.report()} if isinstance(model, GeneralModel)
-                  else {"kind": "proto-model"}),
-        **({"surrogates": surrogate_usage(result.predictions)}
-           if db.likelihood == "surrogate" else {}),
-    }
-
-
-def surrogate_usage(predictions) -> Dict[str, Any]:
-    """--likelihood surrogate: which pyhf predictions used a surrogate, and why the others
-    fell back to the simplified likelihood."""
-    used, fallbacks = [], {}
-    for p in predictions:
-        if p.surrogate is None:
-            continue
-        if p.from_surrogate:
-            used.append(p.analysis_id)
-        else:
-            fallbacks[p.analysis_id] = p.surrogate.reason
-    return {"used": sorted(used), "fallbacks": fallbacks}
+    if report_dir is not None:  # after the output: a page that cannot be written loses nothing
+        from .report import model_report
+        model_report(slha_file, result, model, report, report_dir)  # logs "wrote PATH"
 
 
 def format_significance(report: Dict[str, Any]) -> str:
@@ -573,35 +519,6 @@ def hiscores_command(run_dir: Path, as_json: bool) -> None:
                   if any(e.get("polished") for e in entries) else ")"))
 
 
-def hiscore_model(entry: Dict[str, Any]):
-    """(best-fit model, its effective cross sections) of a hiscore entry: the model with
-    every multiplier scaled by its mu_hat, as ``hiscores/rank-<n>.slha`` holds it."""
-    from .model import ProtoModel
-    from .runs import best_fit
-    from .xsec import effective_xsecs
-
-    model = best_fit(ProtoModel.from_dict(entry["model"]), entry.get("mu_hat") or 1.0)
-    return model, effective_xsecs(model)
-
-
-def hiscore_report(run_dir: Path, entry: Dict[str, Any], db):
-    """(``significance.Significance``, ``show --json``'s document) of one hiscore entry of
-    the run in ``run_dir``, re-evaluated on ``db`` with the run's own r_limit and results
-    (so that K is the hiscore's): what ``show`` prints and ``report`` draws."""
-    from . import rescore as rescoring, significance as sig
-    from .runs import read_run_config, run_selection
-
-    model, xsecs = hiscore_model(entry)
-    config = read_run_config(run_dir)
-    result = sig.evaluate(model, db, r_limit=config.get("r_limit", 1.0),
-                          selection=run_selection(config))
-    report = significance_report(result, db, Path(run_dir) / f"hiscores/rank-{entry['rank']}.slha")
-    report["K_by_likelihood"] = rescoring.k_values(run_dir, [entry])[0]
-    report["model"] = model.to_dict()
-    report["xsecs_fb"] = [[s, a, b, 1000.0 * v] for (s, (a, b)), v in sorted(xsecs.items())]
-    return result, report
-
-
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True)
@@ -614,6 +531,7 @@ def hiscore_report(run_dir: Path, entry: Dict[str, Any], db):
 def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database_path) -> None:
     """One hiscore model in full, re-evaluated: masses, BRs, multipliers, cross sections,
     combination and top r values of its best fit (multipliers scaled by mu_hat)."""
+    from . import hiscores
     from .model import NAMES
     from .slha import write_slha
 
@@ -621,11 +539,11 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database
     if rank not in entries:
         raise ProtomodelsError(f"{run_dir}: no hiscore of rank {rank} (have 1-{len(entries)})")
     entry = entries[rank]
-    model, xsecs = hiscore_model(entry)
+    model, xsecs = hiscores.best_fit_model(entry)
     if slha_out:
         write_slha(model, xsecs, Path(slha_out))
     db = _run_database(run_dir, database_path, likelihood)
-    _, report = hiscore_report(run_dir, entry, db)
+    _, report = hiscores.evaluate_entry(run_dir, entry, db)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
         return
@@ -651,10 +569,11 @@ def show(run_dir: Path, rank: int, slha_out, as_json: bool, likelihood, database
 def plot(run_dir: Path, out_dir: Path, likelihood, database_path) -> None:
     """PNGs: K trace per walker, mass spectra of the best models, and the best model's
     likelihoods vs mu for each member of its combination."""
-    from . import plots
+    from . import hiscores, plots
 
     entry = _entries(run_dir)[0]
-    result, _ = hiscore_report(run_dir, entry, _run_database(run_dir, database_path, likelihood))
+    result, _ = hiscores.evaluate_entry(run_dir, entry,
+                                        _run_database(run_dir, database_path, likelihood))
     members = plots.combination_curves(result)
     for path in plots.plot_run(run_dir, out_dir, likelihood_members=members or None,
                                mu_hat=result.mu_hat, mu_max=result.mu_max):

@@ -7,7 +7,8 @@ while the walkers are still going.  matplotlib is an optional dependency: it is
 imported inside the functions, and figures are drawn on the non-interactive Agg
 canvas directly, so no global pyplot state (backend, open figures) is touched.
 
-Every ``plot_*`` function returns its Figure and writes a PNG only when given a path, so
+Every ``plot_*`` function returns its Figure and writes it only when given a path
+(``save_figure``: atomically, as PNG unless the suffix names another format), so
 ``protomodels report`` can inline the same pictures (``figure_png``) instead of reading
 files back.
 """
@@ -47,34 +48,60 @@ FAMILIES: Tuple[Tuple[str, Tuple[str, ...], str], ...] = (
 )
 
 
-def _figure(width: float, height: float) -> "Figure":
-    """A Figure on an Agg canvas; matplotlib is imported here so that it stays optional."""
+def require_matplotlib() -> None:
+    """``ProtomodelsError`` naming the ``plots`` extra when matplotlib is missing: call it
+    before importing anything from matplotlib (or doing work whose result needs a plot)."""
     try:
-        import matplotlib  # noqa: F401  (imported first so a missing package is caught)
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ProtomodelsError(MISSING_MATPLOTLIB) from None
+
+
+def figure(width: float, height: float) -> "Figure":
+    """A Figure of ``width`` x ``height`` inches (``DPI`` dots per inch) on an Agg canvas;
+    matplotlib is imported here so that it stays optional (``ProtomodelsError`` naming the
+    extra without it).  Every plot of the package starts here."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: "Figure", path: Optional[Path]) -> None:
-    """Write ``fig`` as a PNG at ``path``; None: keep it in memory only."""
-    if path is None:
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=DPI)
-    logger.info("wrote %s", path)
+def figure_bytes(fig: "Figure", image_format: str = "png") -> bytes:
+    """``fig`` rendered in memory at ``DPI`` as ``image_format`` (png, pdf, svg: any
+    format of its canvas)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=image_format, dpi=DPI)
+    return buffer.getvalue()
 
 
 def figure_png(fig: "Figure") -> bytes:
     """The PNG bytes of ``fig``, for pages that inline their images (``report``)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return figure_bytes(fig, "png")
+
+
+def save_figure(fig: "Figure", path: Optional[Path]) -> None:
+    """Write ``fig`` at ``path`` atomically (``atomic.write_bytes_atomic``; its folder is
+    created), as the format its suffix names (.pdf, .svg, ...), else PNG; None: keep it
+    in memory only.  ``ProtomodelsError`` naming the path when it cannot be written."""
+    from .atomic import write_bytes_atomic
+
+    if path is None:
+        return
+    path = Path(path)
+    suffix = path.suffix[1:].lower()
+    image_format = suffix if suffix in fig.canvas.get_supported_filetypes() else "png"
+    payload = figure_bytes(fig, image_format)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, payload)
+    except OSError as error:
+        raise ProtomodelsError(f"{path}: cannot write the plot "
+                               f"({error.strerror or error})") from None
+    logger.info("wrote %s", path)
 
 
 def _finite(value: Any) -> bool:
@@ -93,7 +120,7 @@ def plot_k_trace(run_dir: Path, path: Optional[Path] = None) -> "Figure":
     K only changes on accepted steps, so each walker is drawn as a step line.
     """
     walkers = chain_folders(run_dir)
-    fig = _figure(8.0, 4.8)
+    fig = figure(8.0, 4.8)
     ax = fig.add_subplot()
     best: Optional[Tuple[float, int]] = None
     for index, folder in walkers:
@@ -113,7 +140,7 @@ def plot_k_trace(run_dir: Path, path: Optional[Path] = None) -> "Figure":
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small", ncol=1 if len(walkers) <= 8 else 2)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -127,7 +154,7 @@ def plot_k_trace_by_temperature(run_dir: Path, temperatures: Dict[int, float],
         raise RunError(f"{run_dir}: no chains to plot by temperature")
     columns = min(3, len(rungs))
     rows = math.ceil(len(rungs) / columns)
-    fig = _figure(3.4 * columns + 0.6, 2.5 * rows + 0.6)
+    fig = figure(3.4 * columns + 0.6, 2.5 * rows + 0.6)
     axes = fig.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
     folders = dict(chain_folders(run_dir))
     for ax, temperature in zip(axes, rungs):
@@ -149,7 +176,7 @@ def plot_k_trace_by_temperature(run_dir: Path, temperatures: Dict[int, float],
         ax.xaxis.set_tick_params(labelbottom=True)
     fig.suptitle(f"K traces per temperature: {Path(run_dir).name or run_dir}", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -207,7 +234,7 @@ def plot_spectra(entries: Sequence[Dict[str, Any]], path: Optional[Path] = None,
     gap = 0.035 * (high - low)
 
     extra = max((len(lines) for lines in annotations or []), default=0)
-    fig = _figure(max(5.5 if len(entries) == 1 else 7.0,
+    fig = figure(max(5.5 if len(entries) == 1 else 7.0,
                       (2.3 if annotations else 1.6) * len(entries) + 3.5),
                   6.0 + 0.13 * extra)
     ax = fig.add_subplot()
@@ -246,7 +273,7 @@ def plot_spectra(entries: Sequence[Dict[str, Any]], path: Optional[Path] = None,
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                   fontsize="small", frameon=False)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -303,7 +330,7 @@ def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[fl
     if not members:
         raise ProtomodelsError("plot_likelihoods: no likelihood members to draw")
     grid = np.linspace(0.0, _mu_range(mu_hat, mu_max), GRID_POINTS)
-    fig = _figure(*size)
+    fig = figure(*size)
     ax = fig.add_subplot()
     total = np.zeros_like(grid)
     curves = []
@@ -328,7 +355,7 @@ def plot_likelihoods(members: List[Tuple[str, NllFunction]], mu_hat: Optional[fl
     ax.grid(True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -404,7 +431,7 @@ def plot_decay_graph(graph: Any, path: Optional[Path] = None,
     x = {lightest: 0, **dict(zip(others, _columns(len(others))))}
     low, high = min(masses.values()), max(masses.values())
     pad = max(0.16 * (high - low), 60.0)  # room for the boxes of the lightest and heaviest
-    fig = _figure(max(4.8, 1.5 * (max(x.values()) - min(x.values()) + 1) + 1.4), 4.8)
+    fig = figure(max(4.8, 1.5 * (max(x.values()) - min(x.values()) + 1) + 1.4), 4.8)
     ax = fig.add_subplot()
     nodes = {}
     for node, mass in masses.items():
@@ -442,14 +469,14 @@ def plot_decay_graph(graph: Any, path: Optional[Path] = None,
             if not any(extent.overlaps(other) for other in taken):
                 break
         taken.append(extent)
-    _save(fig, path)
+    save_figure(fig, path)
     return fig
 
 
 def plot_pvalue(report: Dict[str, Any], path: Path) -> Path:
     """The fakes' best-K distribution (histogram and kernel density estimate) with the
     real best K marked and both p-values written on the plot."""
-    _save(pvalue_figure(report), Path(path))
+    save_figure(pvalue_figure(report), Path(path))
     return Path(path)
 
 
@@ -459,7 +486,7 @@ def pvalue_figure(report: Dict[str, Any]) -> "Figure":
 
     ks = np.array([f["best_K"] for f in report["fakes"]], dtype=float)
     real = report["real"]["best_K"]
-    fig = _figure(6.4, 4.2)
+    fig = figure(6.4, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     lo, hi = min(ks.min(), real), max(ks.max(), real)
     pad = 0.15 * (hi - lo) + 1.0

@@ -406,13 +406,13 @@ def plot_masses(result: Dict[str, Any], path: Path) -> "Figure":
     """The mass histogram of every particle (given it is present) as a PNG at ``path``,
     one panel each, titled with the particle's presence probability.  Needs matplotlib
     (``ProtomodelsError`` naming the install command otherwise), as ``protomodels.plots``."""
-    from .plots import _family_colour, _figure, _save
+    from .plots import _family_colour, figure, save_figure
 
     names = [row["particle"] for row in result["presence"]]
     probability = {row["particle"]: row["probability"] for row in result["presence"]}
     cols = min(4, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
-    fig = _figure(3.2 * cols, 2.6 * rows + 0.4)
+    fig = figure(3.2 * cols, 2.6 * rows + 0.4)
     for i, name in enumerate(names):
         h = result["histograms"][name]
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -423,5 +423,5 @@ def plot_masses(result: Dict[str, Any], path: Path) -> "Figure":
     fig.suptitle(f"posterior masses: {Path(result['run']).name or result['run']} "
                  f"({result['samples']} samples at T = 1)", fontsize="medium")
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return fig

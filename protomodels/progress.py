@@ -48,30 +48,35 @@ logger = logging.getLogger(__name__)
 LOG_EVERY_SECONDS = 30.0  # pipe: a line when this long has passed since the last one,
 LOG_EVERY_FRACTION = 10  # and at every tenth of the items
 REFRESH_SECONDS = 0.1  # terminal: the fastest a bar is redrawn
-TABLE_REFRESH_SECONDS = 1.0  # terminal: the fastest a live table's rows are rebuilt
+TABLE_REFRESH_SECONDS = 2.0  # terminal: the fastest a live table's rows are rebuilt
 
 Rows = Sequence[Sequence[str]]
 T = TypeVar("T")
 
 _console: Any = None
+_console_pid = 0  # the process that created ``_console``: the one that draws
 _drawing = {"pid": 0, "count": 0}  # displays this process draws now (LogHandler)
 
 
 def console():
     """The rich console on stderr that every display shares (one, so they can nest)."""
-    global _console
+    global _console, _console_pid
     if _console is None:
         from rich.console import Console
         _console = Console(stderr=True)
+        _console_pid = os.getpid()
     return _console
 
 
 def terminal() -> bool:
     """Whether progress is drawn (stderr is a capable terminal) rather than logged; False
-    as well when INFO is off (``-q``), where it is neither."""
+    as well when INFO is off (``-q``), where it is neither, and in a process forked after
+    the console was made (a walker, a Dask worker): the parent draws, the child logs."""
     if not logger.isEnabledFor(logging.INFO):
         return False
     shared = console()
+    if _console_pid != os.getpid():
+        return False
     return shared.is_terminal and not shared.is_dumb_terminal
 
 
@@ -123,8 +128,16 @@ class LogHandler(logging.StreamHandler):
 
 class Tracker:
     """What ``progress_bar`` yields: call it when items are done (``advance(n=1)``), or
-    give absolute counts with ``update(done, total)``; counts that go back, or a new
-    total, start a new phase (e.g. the next workspace of ``surrogate validate``)."""
+    give absolute counts with ``update(done, total)``; counts that go back, or a known
+    total that changes, start a new phase (e.g. the next workspace of ``surrogate
+    validate``).  The first total given to a bar started with None is not a new phase:
+    the time elapsed counts from the start.
+
+    In a terminal, a bar shown late (a total not known at first, or ``delay``) is not
+    started while a display opened after it (a walk's table in a scan) is up: rich
+    stacks its displays and stops them last in, first out, so a bar started inside a
+    later display would be taken off the stack in that display's place.  It shows at the
+    first count after that display is gone."""
 
     def __init__(self, total: Optional[int], what: str, delay: float) -> None:
         self.total, self.what, self.done = total, what, 0
@@ -137,6 +150,7 @@ class Tracker:
         self._bar: Any = None  # the rich Progress once shown (terminal)
         self._task: Any = None
         self._redrawn = 0.0
+        self._outer = _drawing["count"]  # displays up when it was made: those around it
         if self._terminal and not delay and total is not None:  # 0 of N from the start
             self._draw(self._start, final=False)
 
@@ -145,12 +159,15 @@ class Tracker:
 
     def update(self, done: int, total: Optional[int] = None) -> None:
         """``done`` items of ``total`` (unchanged if None) are done."""
-        if done < self.done or (total is not None and total != self.total):
-            self.total = self.total if total is None else total
+        if done < self.done or (total is not None and self.total is not None
+                                and total != self.total):
+            self.total = total if total is not None else self.total
             self._start = self._last_line = time.monotonic()
             self._line_at, self._tenth = None, 0
             if self._bar is not None:
                 self._bar.reset(self._task, total=self.total, completed=done)
+        elif total is not None:  # the total, now known
+            self.total = total
         self.done, self._updated = done, True
         now = time.monotonic()
         if now - self._start < self._delay:
@@ -172,6 +189,8 @@ class Tracker:
             self._log(now, final=True)
 
     def _draw(self, now: float, final: bool) -> None:
+        if self._bar is None and _drawing["count"] > self._outer:
+            return  # a display opened inside this bar's scope is up (class docstring)
         if self._bar is None:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress,
                                        TaskProgressColumn, TextColumn, TimeElapsedColumn,
@@ -232,7 +251,7 @@ def tracked(items: Sequence[T], what: str, delay: float = 0.0) -> Iterator[T]:
 @contextlib.contextmanager
 def live_table(title: str, columns: Sequence[str]) -> Iterator[Callable[[Callable[[], Rows]], None]]:
     """A table that follows a job: ``show(rows)`` with a function giving the current rows
-    (strings, one per column), called only when they are drawn: at most every second in
+    (strings, one per column), called only when they are drawn: at most every 2 s in
     a terminal (the table vanishes at the end; the command prints its summary), every
     30 s as INFO lines 'title: column value, ...' elsewhere."""
     drawing = terminal()

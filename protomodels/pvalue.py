@@ -11,7 +11,6 @@ runs: N fake databases and a walker run on each, resumable.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from .atomic import read_json_record, write_json_atomic
 from .exceptions import RunError
 from .progress import progress_bar
-from .runs import legacy_config, run_steps
+from .runs import legacy_config, read_run, run_steps
 from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
@@ -40,15 +39,12 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     from . import hiscores
 
     run_dir = Path(run_dir)
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise RunError(f"{run_dir}: not a run directory ({error})") from None
+    run = read_run(run_dir)
     entries = hiscores.read(run_dir / "hiscores.json")
     if not entries:
         raise RunError(f"{run_dir / 'hiscores.json'}: no hiscores")
-    config = legacy_config(dict(run.get("config", {})))
-    config["steps"] = sum(s.get("steps", 0) for s in run.get("segments", [])) or config.get("steps")
+    config = legacy_config(dict(run["config"]))
+    config["steps"] = sum(s["steps"] for s in run["segments"]) or config.get("steps")
     walked = [e for e in entries if not e.get("polished")]  # fakes are never polished
     if not walked:
         raise RunError(f"{run_dir / 'hiscores.json'}: only polished hiscores")

@@ -11,7 +11,7 @@ A run's page holds its configuration and versions (run.json), the ladder and swa
 K traces (all chains, and per temperature when the run has a ladder), the hiscores, the
 spectra of the best ``top`` models side by side (annotated with the analyses of each
 model's combination), and for each of them, re-evaluated on the run's own database with
-its likelihood, r_limit and results (``cli.hiscore_report``, what ``show --json``
+its likelihood, r_limit and results (``hiscores.evaluate_entry``, what ``show --json``
 prints): its decay graph, the combination with each member's contribution to TL, the
 likelihood curves, the largest r values with r_exp and its SLHA file.  A p-value plot is
 added from a ``--fakes`` batch (``pvalue.compare_runs`` against its runs) or from the
@@ -29,7 +29,6 @@ import datetime
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
@@ -54,14 +53,22 @@ SM_NAMES: Dict[int, str] = {1: "d", 2: "u", 3: "s", 4: "c", 5: "b", 6: "t", 11: 
                             22: "gamma", 23: "Z", 24: "W", 25: "h"}
 
 
-def _environment():
-    """The jinja2 environment of the shipped template; a one-line error naming the extra
-    when jinja2 or matplotlib is missing (both are optional dependencies)."""
+def check_dependencies() -> None:
+    """``ProtomodelsError`` (one line naming the ``plots`` extra) when jinja2 or matplotlib
+    is missing (both are optional dependencies): call it before any costly work whose
+    result a page shows."""
     try:
-        import jinja2
-        import matplotlib  # noqa: F401  (the figures need it: fail before any work)
+        import jinja2  # noqa: F401
+        import matplotlib  # noqa: F401
     except ImportError:
         raise ProtomodelsError(MISSING) from None
+
+
+def _environment():
+    """The jinja2 environment of the shipped template (``check_dependencies`` first)."""
+    check_dependencies()
+    import jinja2
+
     env = jinja2.Environment(loader=jinja2.PackageLoader("protomodels", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]),
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
@@ -158,10 +165,17 @@ def _model_masses(model: Any) -> Dict[str, float]:
 def model_section(anchor: str, title: str, result: Any, report: Dict[str, Any], model: Any,
                   slha_name: str, slha_text: str,
                   facts: Sequence[Tuple[str, str]] = ()) -> Dict[str, Any]:
-    """What the template shows of one evaluated model: its facts, decay graph,
-    combination with each member's share of TL, likelihood curves, top r values and
-    SLHA link.  ``result``: the ``significance.Significance``; ``report``: its
-    ``cli.significance_report`` document."""
+    """What the template shows of one evaluated model, as a dict for ``report.html.j2``:
+    ``facts`` ((label, text) pairs: ``facts`` first, then K, TL, 2 ln prior, mu_hat,
+    mu_max, r_max, r_limit, the predictions), ``decay_graph`` and ``likelihoods`` (PNG
+    ``data:`` URIs; ``likelihoods`` None without a combination), ``decays`` (per parent,
+    heaviest first: mass in GeV and channels with BRs), ``combination`` and ``top_r``
+    (the document's rows, at most ``TOP_R``; cross sections in fb), ``slha`` (file name
+    and ``data:`` URI of ``slha_text``) and ``xsecs`` (sqrts TeV, process, fb).
+    ``anchor``: the section's HTML id; ``title``: its heading.  ``result``: the
+    ``significance.Significance``; ``report``: its ``significance.significance_report``
+    document (with ``xsecs_fb`` where known); ``model``: the proto-model or
+    ``general.GeneralModel`` evaluated.  ``ProtomodelsError`` without matplotlib."""
     from . import plots
     from .model import NAMES
 
@@ -205,7 +219,12 @@ def _annotation(report: Dict[str, Any]) -> List[str]:
 # ------------------------------------------------------------------ writing
 
 def _write(out_dir: Path, context: Dict[str, Any]) -> Path:
-    """Render the page into ``out_dir/index.html`` (written atomically)."""
+    """Render ``context`` (every variable ``report.html.j2`` uses) into
+    ``out_dir/index.html``, creating the folder; the page is written atomically with the
+    permissions a plain file gets (``atomic.write_text_atomic``: 0666 less the umask, a
+    page to share), and its path returned.  ``ProtomodelsError`` naming the folder or
+    file when it cannot be created or written, or (``_environment``) without jinja2 or
+    matplotlib; a previous page stays intact then."""
     from .atomic import write_text_atomic
 
     html = _environment().get_template(TEMPLATE).render(**context)
@@ -213,12 +232,14 @@ def _write(out_dir: Path, context: Dict[str, Any]) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ProtomodelsError(f"{out_dir}: cannot create the report folder ({error})") from None
+        raise ProtomodelsError(f"{out_dir}: cannot create the report folder "
+                               f"({error.strerror or error})") from None
     target = out_dir / "index.html"
-    write_text_atomic(target, html)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(target, 0o666 & ~umask)  # a page to share: not the temporary file's 0600
+    try:
+        write_text_atomic(target, html)
+    except OSError as error:
+        raise ProtomodelsError(f"{target}: cannot write the report "
+                               f"({error.strerror or error})") from None
     logger.info("wrote %s (%.1f MB)", target, len(html) / 1e6)
     return target
 
@@ -231,11 +252,13 @@ def _common(title: str) -> Dict[str, Any]:
 def model_report(slha_file: Path, result: Any, model: Any, report: Dict[str, Any],
                  out_dir: Path) -> Path:
     """The page of ``significance SLHA_FILE --report OUT_DIR``: one evaluated model
-    (``report``: its ``cli.significance_report`` document) with its spectrum, decay graph,
-    combination, likelihoods, top r values and the input file; returns index.html."""
+    (``report``: its ``significance.significance_report`` document) with its spectrum,
+    decay graph, combination, likelihoods, top r values and the input file; returns
+    index.html.  ``ProtomodelsError`` without jinja2 or matplotlib or when the page
+    cannot be written (``_write``)."""
     from . import plots
 
-    _environment()  # fail on a missing extra before drawing anything
+    check_dependencies()  # fail on a missing extra before drawing anything
     slha_file = Path(slha_file)
     name = slha_file.name
     section = model_section("model", name, result, report, model, name,
@@ -272,19 +295,15 @@ def _database_rows(database: Dict[str, Any]) -> List[Tuple[str, str]]:
 # ------------------------------------------------------------------ a run
 
 def _run_record(run_dir: Path) -> Dict[str, Any]:
-    """run.json of ``run_dir``, checked against its schema; a batch of fakes or a folder
-    that is no run is a one-line error saying what to give instead."""
-    from .atomic import read_json_record
-    from .schemas import schema_id
+    """run.json of ``run_dir`` (``runs.read_run``: checked against its schema); a batch of
+    fakes or a folder that is no run is a one-line error saying what to give instead."""
+    from .runs import read_run
 
-    run_json = run_dir / "run.json"
-    if not run_json.is_file():
-        if (run_dir / "fakes.json").is_file():
-            raise RunError(f"{run_dir}: a batch of fake runs, not a run; report one of its "
-                           f"runs ({run_dir}/run-000), or the real run with "
-                           f"--fakes {run_dir} for the p-value")
-        raise RunError(f"{run_dir}: not a run (no run.json)")
-    return read_json_record(run_json, schema_id("run"), RunError, "run file")
+    if not (run_dir / "run.json").is_file() and (run_dir / "fakes.json").is_file():
+        raise RunError(f"{run_dir}: a batch of fake runs, not a run; report one of its "
+                       f"runs ({run_dir}/run-000), or the real run with "
+                       f"--fakes {run_dir} for the p-value")
+    return read_run(run_dir)
 
 
 def _tempering(run_dir: Path, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -348,25 +367,32 @@ def build_report(run_dir: Path, out_dir: Path, top: int = DEFAULT_TOP,
     The best ``top`` hiscores are re-evaluated on the run's database with its likelihood
     (``database``, ``likelihood`` replace them; ``db``: an already loaded database, used
     as is), loaded once.  ``fakes``: a batch of runs on fake databases (``protomodels
-    fakes --out``) for a p-value section."""
+    fakes --out``) for a p-value section, computed before anything is re-evaluated.
+
+    Errors, all before the database is loaded unless the page itself cannot be written:
+    ``ProtomodelsError`` (``top`` < 1; jinja2 or matplotlib missing; ``_write``: the
+    folder or page cannot be written), ``RunError`` (no run.json or a batch of fakes
+    given as the run, no hiscores, an unusable ladder; ``fakes`` without started runs or
+    whose runs' settings differ from this run's: ``pvalue.compare_runs``), and the
+    database's errors from ``loader.load_database``."""
     from . import hiscores, plots, rescore as rescoring
-    from .cli import hiscore_model, hiscore_report
     from .loader import load_database
     from .model import ProtoModel
-    from .runs import read_run_config, run_steps
+    from .runs import legacy_config, run_steps
     from .slha import to_slha
 
     if top < 1:
         raise ProtomodelsError(f"--top {top}: must be at least 1")
-    _environment()
+    check_dependencies()
     run_dir = Path(run_dir)
     record = _run_record(run_dir)
-    config = read_run_config(run_dir)
+    config = legacy_config(dict(record["config"]))  # as runs.read_run_config, read once
     entries = sorted(hiscores.read(run_dir / "hiscores.json"), key=lambda e: e["rank"])
     if not entries:
         raise RunError(f"{run_dir / 'hiscores.json'}: no hiscores yet")
     tempering = _tempering(run_dir, config)
-    fakes_runs = fake_runs(fakes) if fakes is not None else []  # bad input: before the load
+    # bad input and a p-value that cannot be computed (other settings): before the load
+    pvalue = _pvalue(run_dir, fakes, fake_runs(fakes) if fakes is not None else [])
     if db is None:
         db = load_database(database or config.get("database"), likelihood or config["likelihood"])
     own = config["likelihood"]
@@ -374,10 +400,11 @@ def build_report(run_dir: Path, out_dir: Path, top: int = DEFAULT_TOP,
     k_values = rescoring.k_values(run_dir, entries)
 
     sections, annotations = [], []
-    for entry in entries[:top]:
+    for entry, k_by in zip(entries[:top], k_values):
         logger.info("report: re-evaluating rank %d", entry["rank"])
-        result, report = hiscore_report(run_dir, entry, db)
-        model, xsecs = hiscore_model(entry)
+        result, report = hiscores.evaluate_entry(run_dir, entry, db, config=config,
+                                                 k_by_likelihood=k_by)
+        model, xsecs = hiscores.best_fit_model(entry)
         facts = [("walker / step", f"{entry.get('walker', '-')} / {entry.get('step', '-')}"),
                  ("temperature", _num(entry.get("temperature"), "g")),
                  ("polished", "yes (protomodels polish)" if entry.get("polished") else "no"),
@@ -428,6 +455,6 @@ def build_report(run_dir: Path, out_dir: Path, top: int = DEFAULT_TOP,
         "hiscores": rows,
         "spectrum": _png(plots.plot_spectra(entries[:top], annotations=annotations)),
         "models": sections,
-        "pvalue": _pvalue(run_dir, fakes, fakes_runs),
+        "pvalue": pvalue,
     }
     return _write(out_dir, context)

@@ -128,8 +128,7 @@ class WalkerStore:
         if not self.checkpoint.exists():
             raise RunError(f"{self.checkpoint}: no checkpoint to resume from")
         try:
-            return read_json_record(self.checkpoint, CHECKPOINT_SCHEMA, RunError, "checkpoint",
-                                    "checkpoint")
+            return read_json_record(self.checkpoint, CHECKPOINT_SCHEMA, RunError, "checkpoint")
         except RunError as error:
             raise RunError(f"{error}; this walker cannot be resumed: restore the file or "
                            "start a new run") from None
@@ -341,8 +340,8 @@ def read_history(folder: Path, check: bool = True) -> List[Dict[str, Any]]:
     Each line is checked against the shipped schema ``history-step`` (version 1 belongs to
     run.json's ``protomodels.run/1``), so a line from another version or a damaged one is
     a ``RunError`` naming the file, line and JSON path rather than a misreading.
-    ``check=False`` only for the walk's own progress lines, which re-read the histories
-    its chains are writing (0.4 ms a line would add seconds to every progress line).
+    ``check=False`` only for a chain's own history, which its walker re-reads to train
+    the learned K (0.4 ms a line would add seconds to every training).
     """
     from .schemas import validate
 
@@ -378,6 +377,7 @@ def physics_score(database, r_limit: float = 1.0, selection=None) -> Score:
             return {"K": -math.inf}
         return {"K": result.K, "TL": result.TL, "mu_hat": result.mu_hat,
                 "mu_max": result.mu_max if math.isfinite(result.mu_max) else None,
+                "r_max": result.r_max if math.isfinite(result.r_max) else None,
                 "combination": [{"analysis_id": m.prediction.analysis_id,
                                  "dataset": m.prediction.dataset_id,
                                  "type": m.prediction.data_type,
@@ -471,15 +471,24 @@ def ladder_of(config: "WalkConfig") -> Ladder:
         raise RunError(f"walk configuration: {error}") from None
 
 
+def read_run(run_dir: Path) -> Dict[str, Any]:
+    """``run_dir/run.json``, checked against the shipped schema ``run``; ``RunError`` (one
+    line naming the file and, for a wrong field, its JSON path) if there is none or it is
+    not a run file of this version."""
+    run_json = Path(run_dir) / "run.json"
+    if not run_json.is_file():
+        raise RunError(f"{run_dir}: not a run directory (no run.json)")
+    return read_json_record(run_json, RUN_SCHEMA, RunError, "run file")
+
+
 def read_run_config(run_dir: Path) -> Dict[str, Any]:
-    """The configuration in ``run_dir/run.json`` (its database, likelihood, r_limit...),
-    ``likelihood`` filled in for runs that predate it; without a readable run.json, only
+    """The configuration in ``run_dir/run.json`` (its database, likelihood, r_limit...;
+    ``read_run``: a damaged or foreign file is a ``RunError``) in today's terms
+    (``legacy_config``); without a run.json (hiscores kept apart from their run), only
     the default likelihood."""
-    try:
-        config = dict(json.loads((Path(run_dir) / "run.json").read_text())["config"])
-    except (OSError, ValueError, KeyError, TypeError):
+    if not (Path(run_dir) / "run.json").exists():
         return {"likelihood": DEFAULT_LIKELIHOOD}
-    return legacy_config(config)
+    return legacy_config(dict(read_run(run_dir)["config"]))
 
 
 def load_config(path: Path) -> Dict[str, Any]:
@@ -533,17 +542,95 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def progress(out: Path, chains: int) -> List[Dict[str, Any]]:
-    """Steps done, acceptance, best K and the share of steps screened out unscored
-    (screening runs; else 0) of every chain, from the histories on disk."""
+class HistoryTally:
+    """Running counts of one chain's ``history.jsonl`` (its last step, accepted and
+    screened steps, best K), read incrementally: each ``read`` parses only the complete
+    lines appended since the last one, so the walk's live status does not re-read every
+    history while its chains write them.  A last line without its newline is still being
+    written: it is counted at a later read.  A file that shrank, or whose new lines do not
+    continue the steps read (a resumed chain cuts its history back to its checkpoint), is
+    read again from the start.  A line that cannot be read then sets ``damaged`` (one
+    line naming the file and line) and the counts stay those of the lines before it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.damaged: Optional[str] = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._offset = self._number = 0  # bytes and lines (blank ones too) read
+        self._lines = self._accepted = self._screened = self._step = 0
+        self._best: Optional[float] = None
+
+    def read(self) -> Dict[str, Any]:
+        """Steps done, acceptance, best K (None before the first step) and the share of
+        steps screened out unscored (screening runs; else 0), with the lines appended
+        since the last call."""
+        if self.damaged is None and not self._consume(continuing=self._offset > 0):
+            self._reset()
+            self._consume(continuing=False)
+        n = self._lines or 1
+        return {"steps": self._step, "acceptance": self._accepted / n, "best_K": self._best,
+                "screened": self._screened / n}
+
+    def _consume(self, continuing: bool) -> bool:
+        """Count the complete lines after ``_offset``; False (nothing counted from the
+        offending line on) when the file no longer continues what was read."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:  # the chain has not written its first step yet
+            size = 0
+        if size < self._offset:
+            return False
+        if size == self._offset:
+            return True
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read(size - self._offset)
+        for raw in data[:data.rfind(b"\n") + 1].split(b"\n")[:-1]:
+            if raw.strip():
+                try:
+                    entry = json.loads(raw)
+                    step, accepted, k = int(entry["step"]), bool(entry["accepted"]), float(entry["K"])
+                    screened = bool(entry.get("screened"))
+                except (ValueError, KeyError, TypeError, AttributeError) as error:
+                    if continuing:
+                        return False
+                    self.damaged = (f"{self.path}:{self._number + 1}: corrupt history line "
+                                    f"({type(error).__name__}: {error})")
+                    return True
+                if continuing and step != self._step + 1:
+                    return False
+                self._lines, self._step = self._lines + 1, step
+                self._accepted += accepted
+                self._screened += screened
+                self._best = k if self._best is None else max(self._best, k)
+            self._offset += len(raw) + 1
+            self._number += 1
+        return True
+
+
+def history_tallies(out: Path, chains: int) -> List[HistoryTally]:
+    """A ``HistoryTally`` of each chain of the run in ``out``."""
+    return [HistoryTally(chain_folder(out, i) / "history.jsonl") for i in range(chains)]
+
+
+def progress(out: Path, chains: int,
+             tallies: Optional[List[HistoryTally]] = None) -> List[Dict[str, Any]]:
+    """``HistoryTally.read`` of every chain (and its number, ``walker``), from the
+    histories on disk: read whole, where a damaged line is a ``RunError``; or, with
+    ``tallies`` kept between calls (the walk's live status), only what was appended since
+    the last call, where a damaged line is a warning, logged once, and its chain's counts
+    stop before it (a status display must not stop the walk)."""
     status = []
-    for i in range(chains):
-        entries = read_history(chain_folder(out, i), check=False)
-        n = len(entries) or 1
-        status.append({"walker": i, "steps": entries[-1]["step"] if entries else 0,
-                       "acceptance": sum(e["accepted"] for e in entries) / n,
-                       "best_K": max((e["K"] for e in entries), default=None),
-                       "screened": sum(bool(e.get("screened")) for e in entries) / n})
+    for i, tally in enumerate(tallies if tallies is not None else history_tallies(out, chains)):
+        known = tally.damaged
+        state = tally.read()
+        if tally.damaged and tallies is None:
+            raise RunError(tally.damaged)
+        if tally.damaged and not known:
+            logger.warning("%s: the status counts the steps before it", tally.damaged)
+        status.append({"walker": i, **state})
     return status
 
 
@@ -551,14 +638,15 @@ STATUS_COLUMNS = ["chain", "T", "steps", "steps/s", "time left", "acceptance", "
 
 
 def status_rows(out: Path, ladder: Ladder, first: List[int], end: int, started: float,
-                screened: bool) -> List[List[str]]:
+                screened: bool, tallies: List[HistoryTally]) -> List[List[str]]:
     """The live status of a walk (``STATUS_COLUMNS``, plus the share screened out), one
-    row per chain: steps/s counts the steps since ``started`` (a monotonic time, when the
-    chains stood at ``first``), and the time left is what the chain needs at that pace to
-    reach step ``end``."""
+    row per chain, from its ``tallies`` (``history_tallies``, kept between calls): steps/s
+    counts the steps since ``started`` (a monotonic time, when the chains stood at
+    ``first``), and the time left is what the chain needs at that pace to reach step
+    ``end``."""
     seconds = max(time.monotonic() - started, 1e-9)
     rows = []
-    for c, state in enumerate(progress(out, ladder.chains)):
+    for c, state in enumerate(progress(out, ladder.chains, tallies)):
         rate = (state["steps"] - first[c]) / seconds
         left = "-" if rate <= 0 else duration((end - state["steps"]) / rate)
         best = "-" if state["best_K"] is None else f"{state['best_K']:.3f}"
@@ -591,7 +679,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     """``walk`` while this process is the run's sole writer."""
     run_json = out / "run.json"
     if resume:
-        stored = read_json_record(run_json, RUN_SCHEMA, RunError, "run file", "run")
+        stored = read_run(out)
         steps, processes = config.steps, config.processes
         if "likelihood" not in stored["config"]:
             logger.warning("%s predates the likelihood setting: continuing with %r", run_json,
@@ -646,7 +734,7 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
     interrupted: List[int] = []
     columns = STATUS_COLUMNS + (["screened"] if config.screen_train_at else [])
     status = functools.partial(status_rows, out, ladder, list(done), end, time.monotonic(),
-                               bool(config.screen_train_at))
+                               bool(config.screen_train_at), history_tallies(out, ladder.chains))
     with live_table(f"walk {out}", columns) as show:
         def report() -> None:
             show(status)

@@ -30,7 +30,9 @@ exactly (when the range holds it), so the hiscore is a grid point.
 walls, 2400 GeV, the LSP lightest, ordered pairs, the top corridor, a channel with BR > 0
 closed) is not evaluated: it is stored as ``masked`` with the rule it breaks.  (The walks'
 multiplier range 0.01-100 is no rule here: it bounds the chains' unscaled multipliers,
-not a best fit's.)  A point whose evaluation fails is ``failed``.
+not a best fit's.)  A point whose evaluation fails (the score rejects the model, or raises:
+pyhf, a numerical failure) is stored as ``failed`` with the error, logged as a warning;
+the scan goes on, and continuing it does not retry the point.
 
 **Running.**  Points are evaluated in chunks of one grid row's length, by local worker
 processes forked after the database is loaded and the hiscore itself evaluated (so they
@@ -50,8 +52,8 @@ other jobs, load 6-7): 800 s with 2 local processes, 660 s with ``--cluster loca
 workers), the same points bit for bit; a point took 4 s of wall time on average there.
 The grid's maximum is the hiscore's point, K re-evaluated 5.487 (within 1e-10).
 
-**Plot** (``plot_scan``): filled K contours, masked points hatched, the r_max = r_limit
-line, the hiscore's point and the grid's best point marked.
+**Plot** (``plot_scan``): filled K contours, masked points hatched, failed points
+crossed, the r_max = r_limit line, the hiscore's point and the grid's best point marked.
 """
 
 from __future__ import annotations
@@ -128,6 +130,13 @@ class Axis:
                 "key": self.key if self.kind == "mass" else list(self.key),
                 "scale": "log" if self.log else "linear", "values": list(self.values),
                 "hiscore_value": self.hiscore_value}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "Axis":
+        """The axis of a scan file's ``x`` or ``y`` (``to_json``'s form, schema-checked)."""
+        key = data["key"] if data["kind"] == "mass" else tuple(data["key"])
+        return cls(data["parameter"], data["kind"], key, tuple(data["values"]),
+                   data["hiscore_value"], data["scale"] == "log")
 
 
 def _signed_name(pid: int) -> str:
@@ -273,16 +282,18 @@ def grid_model(origin: ProtoModel, x: Axis, y: Axis, ix: int,
     return model, None
 
 
-def point_record(record: Dict[str, Any], r_limit: float) -> Dict[str, Any]:
-    """A score (``runs.physics_score``) as a scan point: status, K, TL, mu_hat, mu_max,
-    r_max (= r_limit / mu_max: the largest r_obs at the scanned multipliers), combination."""
+def point_record(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A score (``runs.physics_score``) as a scan point: status, K, TL, mu_hat, mu_max (None:
+    unbounded), r_max (the evaluation's own: the largest r_obs at the scanned multipliers,
+    ``significance.critic``; None where it is not finite or the score has none) and the
+    combination; a non-finite K (a model the score rejected) is a ``failed`` point."""
     k = record.get("K")
     if not isinstance(k, (int, float)) or not math.isfinite(k):
         return {"status": "failed", "reason": "the evaluation failed (see the log)"}
-    mu_max = record.get("mu_max")
-    r_max = r_limit / mu_max if mu_max else 0.0
+    r_max = record.get("r_max")
     return {"status": "ok", "K": float(k), "TL": record.get("TL"), "mu_hat": record.get("mu_hat"),
-            "mu_max": mu_max, "r_max": r_max,
+            "mu_max": record.get("mu_max"),
+            "r_max": r_max if isinstance(r_max, (int, float)) and math.isfinite(r_max) else None,
             "combination": [f"{c['analysis_id']}:{c['dataset']}"
                             for c in record.get("combination") or []]}
 
@@ -290,13 +301,24 @@ def point_record(record: Dict[str, Any], r_limit: float) -> Dict[str, Any]:
 Chunk = List[Tuple[int, int, float, float, Dict[str, Any]]]  # (ix, iy, x, y, model dict)
 
 
-def evaluate_chunk(chunk: Chunk, score: Score, r_limit: float) -> List[Dict[str, Any]]:
-    """Score every point of ``chunk``; the unit of work of both runners."""
+def evaluate_chunk(chunk: Chunk, score: Score) -> List[Dict[str, Any]]:
+    """Score every point of ``chunk`` (the unit of work of both runners): one record per
+    point (``point_record``, with its wall seconds).  A point whose score raises (pyhf, a
+    numerical failure) is a ``failed`` point naming the error, logged as a warning: it
+    neither stops the scan nor is retried when the scan is continued.  ``KeyboardInterrupt``
+    passes."""
     points = []
     for ix, iy, xv, yv, model in chunk:
         t0 = time.perf_counter()
-        record = score(ProtoModel.from_dict(model))
-        points.append({"ix": ix, "iy": iy, "x": xv, "y": yv, **point_record(record, r_limit),
+        try:
+            point = point_record(score(ProtoModel.from_dict(model)))
+        except Exception as error:  # noqa: BLE001 - one bad point must not end the scan
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            where = "the hiscore's point" if (ix, iy) == (-1, -1) else f"point ({ix}, {iy})"
+            logger.warning("scan: %s at x = %.6g, y = %.6g failed (%s)", where, xv, yv, reason)
+            logger.debug("scan: the failure of %s", where, exc_info=True)
+            point = {"status": "failed", "reason": reason}
+        points.append({"ix": ix, "iy": iy, "x": xv, "y": yv, **point,
                        "seconds": round(time.perf_counter() - t0, 4)})
     return points
 
@@ -310,10 +332,10 @@ def scan_task(chunk: Chunk, config: Dict[str, Any], score_factory: Optional[Call
 
     one_blas_thread()  # as every walker: BLAS threads only spin on tiny matrices
     score = score_factory() if score_factory is not None else _physics_score(config)
-    return evaluate_chunk(chunk, score, float(config["r_limit"]))
+    return evaluate_chunk(chunk, score)
 
 
-_FORKED: Dict[str, Any] = {}  # the score and r_limit that forked workers inherit
+_FORKED: Dict[str, Any] = {}  # the score that forked workers inherit
 
 
 def _forked_init() -> None:
@@ -326,7 +348,7 @@ def _forked_init() -> None:
 
 
 def _forked_chunk(chunk: Chunk) -> List[Dict[str, Any]]:
-    return evaluate_chunk(chunk, _FORKED["score"], _FORKED["r_limit"])
+    return evaluate_chunk(chunk, _FORKED["score"])
 
 
 def read_scan(path: Path) -> Dict[str, Any]:
@@ -334,7 +356,7 @@ def read_scan(path: Path) -> Dict[str, Any]:
     the file and the JSON path) if it is not one."""
     from .atomic import read_json_record
 
-    return read_json_record(path, SCAN_SCHEMA, ScanError, "scan file", "scan")
+    return read_json_record(path, SCAN_SCHEMA, ScanError, "scan file")
 
 
 def _hiscore(run_dir: Path, rank: int) -> Dict[str, Any]:
@@ -358,7 +380,10 @@ def _store(path: Path, document: Dict[str, Any], points: Dict[Tuple[int, int], D
     document["points"] = [points[k] for k in sorted(points, key=lambda k: (k[1], k[0]))]
     document["complete"] = len(points) == n and document["hiscore"]["evaluated"] is not None
     document["seconds"] = round(seconds, 3)
-    write_json_atomic(path, document)
+    try:
+        write_json_atomic(path, document)
+    except OSError as error:
+        raise ScanError(f"{path}: cannot write the scan file ({error.strerror or error})") from None
 
 
 def scan(run_dir: Path, x: str, y: str, rank: int = 1, points: Tuple[int, int] = DEFAULT_POINTS,
@@ -367,16 +392,29 @@ def scan(run_dir: Path, x: str, y: str, rank: int = 1, points: Tuple[int, int] =
          database: Optional[str] = None, cluster: Optional[str] = None, jobs: Optional[int] = None,
          processes: Optional[int] = None,
          score_factory: Optional[Callable[[], Score]] = None) -> Dict[str, Any]:
-    """Scan parameters ``x`` and ``y`` of the best fit of the run's hiscore of ``rank``
-    over a ``points`` = (nx, ny) grid (module docstring), continuing the scan file if it
-    exists.  ``cluster``: Dask (``cluster.connect``, ``jobs`` workers), else ``processes``
-    local processes.  ``score_factory``: a score instead of the run's own (tests).
-    Progress: ``progress.progress_bar`` (a bar in a terminal, INFO lines elsewhere).
-    Returns a summary: file, grid, counts (evaluated now, done before, masked, failed),
-    wall seconds, the hiscore's K (stored, re-evaluated) and the grid's best point.
-    Raises ``RunError`` (no run, no such rank), ``ScanError`` (bad parameter or range, a
-    scan file that is corrupt or belongs to another grid) and ``KeyboardInterrupt``
-    (finished chunks are kept: run again to continue)."""
+    """Scan parameters ``x`` and ``y`` (``parse_parameter``: a particle name, its mass in
+    GeV, or ``ssm:A,B``, a multiplier) of the best fit of the run's hiscore of ``rank``
+    over a ``points`` = (nx, ny) grid (counts, each >= 2; module docstring), continuing the
+    scan file if it exists.  ``x_range``, ``y_range``: (lo, hi) in the parameter's unit
+    (GeV, or a bare multiplier), default ``default_range``; ``out``: the scan file
+    (default ``RUN/scans/rank<R>-<x>-<y>-<key>.json``); ``database``: replaces the run's.
+    ``cluster``: Dask (``cluster.connect``, ``jobs`` workers), else ``processes`` local
+    processes.  ``score_factory``: a score instead of the run's own (tests).  Progress:
+    ``progress.progress_bar`` (a bar in a terminal, INFO lines elsewhere).
+
+    Returns a summary (``summarise``; ``format_summary`` prints it): file, grid (points,
+    ranges, each axis' kind), counts (evaluated now, done before, ok, masked, failed),
+    wall seconds (this call, all calls), the hiscore's K (stored, re-evaluated) and the
+    grid's best point.  A point whose evaluation raises is stored as ``failed``
+    (``evaluate_chunk``) and the scan goes on.
+
+    Raises ``RunError`` (no run, no hiscores, no such rank; from ``cluster.connect``: no
+    Dask, an unreachable scheduler or bad ``cluster``); ``ScanError`` (one line naming the
+    option, file or folder: a bad parameter or range, the same parameter twice, a scan
+    folder that cannot be created or a scan file that cannot be written, one that is
+    corrupt or belongs to another grid, one another process is writing (naming it), a Dask
+    task that failed or was cancelled); and ``KeyboardInterrupt`` (finished chunks are
+    kept: run again to continue)."""
     from .atomic import sole_writer
     from .polish import run_score_config
     from .progress import progress_bar
@@ -402,8 +440,12 @@ def scan(run_dir: Path, x: str, y: str, rank: int = 1, points: Tuple[int, int] =
     key = scan_key(model_dict, x_axis, y_axis, settings)
     path = Path(out) if out else (run_dir / "scans" /
                                   f"rank{rank}-{_slug(x_axis.parameter)}-{_slug(y_axis.parameter)}-{key}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sole_writer(path.with_name(path.name + ".lock"), ScanError, "this scan"):
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ScanError(f"{path.parent}: cannot create the folder of the scan file "
+                        f"({error.strerror or error})") from None
+    with sole_writer(path.with_name(path.name + ".lock"), ScanError, f"scan file {path.name}"):
         if path.exists():
             document = read_scan(path)
             if document["key"] != key:
@@ -473,14 +515,14 @@ def scan(run_dir: Path, x: str, y: str, rank: int = 1, points: Tuple[int, int] =
                         chunks.insert(0, [hiscore_point])
                     runner = _run_dask(chunks, config, cluster, jobs, score_factory, key, finished)
                 else:
-                    runner = _run_local(chunks, hiscore_point, config, settings["r_limit"],
-                                        processes, score_factory, finished)
+                    runner = _run_local(chunks, hiscore_point, config, processes,
+                                        score_factory, finished)
         _store(path, document, done, seconds_before + time.perf_counter() - t0)
     return summarise(document, path, evaluated=evaluated[0], masked_now=masked_now,
                      seconds=time.perf_counter() - t0, runner=runner)
 
 
-def _run_local(chunks: List[Chunk], hiscore_point, config: Dict[str, Any], r_limit: float,
+def _run_local(chunks: List[Chunk], hiscore_point, config: Dict[str, Any],
                processes: Optional[int], score_factory: Optional[Callable[[], Score]],
                finished: Callable[[List[Dict[str, Any]]], None]) -> str:
     """Evaluate the hiscore's point here (loading the database, warming the caches), then
@@ -492,13 +534,13 @@ def _run_local(chunks: List[Chunk], hiscore_point, config: Dict[str, Any], r_lim
     score = score_factory() if score_factory is not None else \
         load_physics_score(WalkConfig(**config))[1]
     if hiscore_point is not None:
-        finished(evaluate_chunk([hiscore_point], score, r_limit))
+        finished(evaluate_chunk([hiscore_point], score))
     count = max(1, min(processes or os.cpu_count() or 1, len(chunks)))
     if count == 1 or not chunks:
         for chunk in chunks:
-            finished(evaluate_chunk(chunk, score, r_limit))
+            finished(evaluate_chunk(chunk, score))
         return "1 local process"
-    _FORKED.update(score=score, r_limit=r_limit)
+    _FORKED.update(score=score)
     freeze_before_fork()
     pool = multiprocessing.get_context("fork").Pool(count, initializer=_forked_init)
     try:
@@ -531,8 +573,13 @@ def _run_dask(chunks: List[Chunk], config: Dict[str, Any], spec: str, jobs: Opti
                    for i, chunk in enumerate(chunks)]
         try:
             for future in as_completed(futures):
+                if future.status == "cancelled":  # exception() would raise CancelledError
+                    raise ScanError(f"--cluster {spec}: scan task {future.key} was cancelled "
+                                    "(its worker or the scheduler went away); run again to "
+                                    "continue")
                 if future.status != "finished":
-                    raise ScanError(f"--cluster {spec}: a scan task failed: {future.exception()}")
+                    raise ScanError(f"--cluster {spec}: scan task {future.key} failed: "
+                                    f"{future.exception()!r}")
                 finished(future.result())
         except BaseException:
             client.cancel(futures, force=True)
@@ -568,7 +615,7 @@ def summarise(document: Dict[str, Any], path: Path, evaluated: int = 0, masked_n
     evaluated_hiscore = document["hiscore"]["evaluated"] or {}
     x, y = document["x"], document["y"]
     return {"file": str(path), "run": document["run"], "rank": document["rank"],
-            "x": x["parameter"], "y": y["parameter"],
+            "x": x["parameter"], "y": y["parameter"], "x_kind": x["kind"], "y_kind": y["kind"],
             "points": [len(x["values"]), len(y["values"])],
             "x_range": [min(x["values"]), max(x["values"])],
             "y_range": [min(y["values"]), max(y["values"])],
@@ -587,27 +634,30 @@ def summarise(document: Dict[str, Any], path: Path, evaluated: int = 0, masked_n
             "r_limit": document["settings"]["r_limit"]}
 
 
-def _value(axis: Dict[str, Any], v: float) -> str:
-    return f"{v:.0f} GeV" if axis == "mass" else f"{v:.3g}"
+def format_value(kind: str, value: float) -> str:
+    """A value of a parameter of ``kind`` (``Axis.kind``) for text: a mass in GeV, a
+    multiplier bare."""
+    return f"{value:.0f} GeV" if kind == "mass" else f"{value:.3g}"
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
-    """The scan's summary as text."""
-    document_kinds = {"x": "mass" if not summary["x"].startswith("ssm:") else "ssm",
-                      "y": "mass" if not summary["y"].startswith("ssm:") else "ssm"}
+    """The scan's summary (``summarise``) as text."""
+    def x_value(value: float) -> str:
+        return format_value(summary["x_kind"], value)
+
+    def y_value(value: float) -> str:
+        return format_value(summary["y_kind"], value)
 
     def at(x: float, y: float) -> str:
-        return (f"{summary['x']} {_value(document_kinds['x'], x)}, "
-                f"{summary['y']} {_value(document_kinds['y'], y)}")
+        return f"{summary['x']} {x_value(x)}, {summary['y']} {y_value(y)}"
 
     h, best = summary["hiscore"], summary["best"]
     nx, ny = summary["points"]
     lines = [f"scan of rank {summary['rank']} of {summary['run']} (walker {h['walker']}, step "
              f"{h['step']}): {summary['x']} x {summary['y']}, {nx} x {ny} points",
-             f"  {summary['x']} {_value(document_kinds['x'], summary['x_range'][0])} to "
-             f"{_value(document_kinds['x'], summary['x_range'][1])}; {summary['y']} "
-             f"{_value(document_kinds['y'], summary['y_range'][0])} to "
-             f"{_value(document_kinds['y'], summary['y_range'][1])}",
+             f"  {summary['x']} {x_value(summary['x_range'][0])} to "
+             f"{x_value(summary['x_range'][1])}; {summary['y']} "
+             f"{y_value(summary['y_range'][0])} to {y_value(summary['y_range'][1])}",
              f"  {summary['evaluated_now']} points evaluated now, {summary['done_before']} done "
              f"before; {summary['ok']} evaluated, {summary['masked']} masked (break a "
              f"model-space rule), {summary['failed']} failed"
@@ -620,9 +670,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
         lines.append("  grid maximum: none (no point evaluated)")
     else:
         gain = best["K"] - h["K"]
+        r_max = "not finite" if best["r_max"] is None else f"{best['r_max']:.3g}"
+        mu_hat = "-" if best["mu_hat"] is None else f"{best['mu_hat']:.3g}"
         lines.append(f"  grid maximum: K {best['K']:.3f} at {at(best['x'], best['y'])} "
-                     f"({gain:+.3f} vs the hiscore; r_max {best['r_max']:.3g}, mu_hat "
-                     f"{best['mu_hat']:.3g})")
+                     f"({gain:+.3f} vs the hiscore; r_max {r_max}, mu_hat {mu_hat})")
     lines.append(f"  scan file: {summary['file']}")
     return "\n".join(lines) + "\n"
 
@@ -631,19 +682,22 @@ def plot_scan(document: Dict[str, Any], path: Path) -> "Figure":
     """The K map of a scan (a ``read_scan`` document) as a PNG at ``path``: filled K
     contours over the evaluated points (masked points hatched, failed ones crossed), the line
     r_max = r_limit, the hiscore's point (star) and the grid's best point (ring).
-    Points not evaluated yet (a scan in progress) stay blank.  Returns the figure;
-    ``ProtomodelsError`` without matplotlib."""
+    Points not evaluated yet (a scan in progress) stay blank; points whose r_max is not
+    finite (null) are left out of the r_max line.  Returns the figure; ``ProtomodelsError``
+    without matplotlib (naming the extra) or when ``path`` cannot be written
+    (``plots.save_figure``: written atomically, as the format its suffix names)."""
+    from .plots import figure, require_matplotlib, save_figure
+
+    require_matplotlib()  # before importing from matplotlib: the one-line error
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-
-    from .plots import _figure, _save
 
     xa, ya = document["x"], document["y"]
     xs, ys = np.array(xa["values"]), np.array(ya["values"])
     k = _grid(document, "K")
     r = _grid(document, "r_max")
     r_limit = document["settings"]["r_limit"]
-    fig = _figure(7.2, 5.6)
+    fig = figure(7.2, 5.6)
     ax = fig.add_subplot()
     handles: List[Any] = []
     if k.count() >= 1:
@@ -697,13 +751,8 @@ def plot_scan(document: Dict[str, Any], path: Path) -> "Figure":
     for axis, setter in ((xa, ax.set_xscale), (ya, ax.set_yscale)):
         if axis["scale"] == "log":
             setter("log")
-    titles = {}
-    for name, axis in (("x", xa), ("y", ya)):
-        key = axis["key"]
-        titles[name] = Axis(axis["parameter"], axis["kind"],
-                            key if axis["kind"] == "mass" else tuple(key), (), 0.0).title
-    ax.set_xlabel(titles["x"])
-    ax.set_ylabel(titles["y"])
+    ax.set_xlabel(Axis.from_json(xa).title)
+    ax.set_ylabel(Axis.from_json(ya).title)
     ax.set_xlim(xs.min(), xs.max())
     ax.set_ylim(ys.min(), ys.max())
     ax.set_title(f"{Path(document['run']).name}, rank {document['rank']}: K of the best fit",
@@ -711,7 +760,7 @@ def plot_scan(document: Dict[str, Any], path: Path) -> "Figure":
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2,
               fontsize="small", frameon=False)
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return fig
 
 
@@ -721,5 +770,6 @@ def default_plot_path(scan_file: Path) -> Path:
 
 
 __all__: Sequence[str] = ("Axis", "scan", "read_scan", "plot_scan", "format_summary",
-                          "make_axis", "parse_parameter", "parse_points", "parse_range",
-                          "grid_model", "point_record", "best_point", "default_plot_path")
+                          "format_value", "make_axis", "parse_parameter", "parse_points",
+                          "parse_range", "grid_model", "point_record", "best_point",
+                          "default_plot_path")

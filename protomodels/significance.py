@@ -219,3 +219,69 @@ def read_significance(path) -> Dict[str, Any]:
     from .schemas import schema_id
 
     return read_json_record(path, schema_id("significance"), FormatError, "significance report")
+
+
+def significance_report(result: Significance, db: ExperimentalDatabase, slha_file,
+                        model: Any = None) -> Dict[str, Any]:
+    """The JSON document of one significance computation (schema ``significance``;
+    ``protomodels significance --json`` prints it, ``read_significance`` reads it back):
+    K, TL, the prior's terms, mu_hat, mu_max (None: unbounded), r_limit, r_max, the
+    combination with each member's share of TL, the top 10 r values (cross sections and
+    upper limits in fb, sqrts in TeV), the database and timings (s).  ``slha_file``: the
+    model's file, as named in the document; ``model``: a ``general.GeneralModel`` adds what
+    SModelS was given (``model``)."""
+    from . import __version__
+    from .general import GeneralModel
+    from .schemas import schema_id
+
+    def pred(p) -> Dict[str, Any]:
+        return {"analysis_id": p.analysis_id, "dataset": p.dataset_id, "type": p.data_type,
+                "sqrts_tev": p.sqrts, "xsec_fb": p.xsec_fb, "ul_obs_fb": p.ul_obs_fb,
+                "ul_exp_fb": p.ul_exp_fb, "r_obs": p.r_obs, "r_exp": p.r_exp,
+                "txnames": p.txnames, **({"note": p.note} if p.note else {}),
+                **({"likelihood": p.likelihood} if p.likelihood else {})}
+
+    members = []
+    for m in result.combination:
+        entry = pred(m.prediction)
+        entry.update({"nll_0": m.nll0, "nll_mu_hat": m.nll_mu_hat, "tl": m.tl,
+                      "tl_share": m.tl / result.TL if result.TL > 0 else 0.0})
+        members.append(entry)
+    return {
+        "schema": schema_id("significance"),
+        "protomodels_version": __version__,
+        "file": str(slha_file),
+        "database": {"path": db.path, "version": db.version, "sha256": db.sha256,
+                     "fake": db.fake},
+        "likelihood": db.likelihood,
+        "workspaces": {name: chosen.describe() for name, chosen in sorted(db.likelihoods.items())},
+        "K": result.K, "TL": result.TL, "prior": {"two_ln_prior": result.log_prior,
+                                                  **result.prior_terms},
+        "mu_hat": result.mu_hat,
+        "mu_max": result.mu_max if result.mu_max != float("inf") else None,
+        "r_limit": result.r_limit, "r_max": result.r_max,
+        "combination": members,
+        "top_r": [pred(p) for p in result.top_r(10)],
+        "n_predictions": len(result.predictions),
+        "n_informative": result.informative,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "model": ({"kind": "general", **model.report()} if isinstance(model, GeneralModel)
+                  else {"kind": "proto-model"}),
+        **({"surrogates": surrogate_usage(result.predictions)}
+           if db.likelihood == "surrogate" else {}),
+    }
+
+
+def surrogate_usage(predictions: Sequence[Prediction]) -> Dict[str, Any]:
+    """--likelihood surrogate: which pyhf predictions used a surrogate (``used``: analysis
+    ids), and why the others fell back to the simplified likelihood (``fallbacks``:
+    analysis id -> reason)."""
+    used, fallbacks = [], {}
+    for p in predictions:
+        if p.surrogate is None:
+            continue
+        if p.from_surrogate:
+            used.append(p.analysis_id)
+        else:
+            fallbacks[p.analysis_id] = p.surrogate.reason
+    return {"used": sorted(used), "fallbacks": fallbacks}

@@ -178,7 +178,7 @@ class TemperingStore:
             rng = np.random.Generator(np.random.PCG64(seed))
             return {"schema": TEMPERING_SCHEMA, "swapped_through": 0,
                     "rng": rng.bit_generator.state, "pending": None}
-        return read_json_record(self.path, TEMPERING_SCHEMA, RunError, "swap journal", "tempering")
+        return read_json_record(self.path, TEMPERING_SCHEMA, RunError, "swap journal")
 
     def begin(self, journal: Dict[str, Any], step: int, states: Dict[int, Dict[str, Any]],
               swaps: List[Swap], rng_after: Dict[str, Any]) -> Dict[str, Any]:
@@ -195,11 +195,9 @@ class TemperingStore:
         from .atomic import write_json_atomic
 
         pending = journal["pending"]
-        kept = []
-        if self.log.exists():  # a sweep logged before a kill is logged once
-            kept = [line for line in self.log.read_text().splitlines(keepends=True)
-                    if line.strip() and json.loads(line)["step"] < pending["step"]]
-        lines = "".join(kept) + "".join(json.dumps(s, sort_keys=True) + "\n" for s in pending["swaps"])
+        # a sweep logged before a kill is logged once
+        kept = [s for s in self.read_swaps(check=False) if s["step"] < pending["step"]]
+        lines = "".join(json.dumps(s, sort_keys=True) + "\n" for s in kept + pending["swaps"])
         from .atomic import write_text_atomic
         write_text_atomic(self.log, lines)
         journal = {"schema": TEMPERING_SCHEMA, "swapped_through": pending["step"],
@@ -207,10 +205,33 @@ class TemperingStore:
         write_json_atomic(self.path, journal)
         return journal
 
-    def read_swaps(self) -> List[Dict[str, Any]]:
+    def read_swaps(self, check: bool = True) -> List[Dict[str, Any]]:
+        """The logged swap proposals (``swaps.jsonl``: one ``Swap`` a line), each checked
+        against the shipped schema ``swap`` (version 1 belongs to run.json's
+        ``protomodels.run/1``): a damaged line is a ``RunError`` naming the file, the line
+        and the JSON path.  ``finish`` rewrites the log atomically, so not even a killed
+        run leaves half a line.  ``check=False`` (``finish``, at every sweep) checks only
+        the JSON and the step."""
+        from .exceptions import RunError
+        from .schemas import validate
+
         if not self.log.exists():
             return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        swaps = []
+        for number, line in enumerate(self.log.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            source = f"{self.log}:{number}"
+            try:
+                swap = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise RunError(f"{source}: corrupt swap line ({error})") from None
+            if check:
+                validate(swap, "swap", source, RunError)
+            elif not (isinstance(swap, dict) and isinstance(swap.get("step"), int)):
+                raise RunError(f"{source}: $.step: missing or not an integer")
+            swaps.append(swap)
+        return swaps
 
 
 def swap_stream(seed: int, chains: int) -> np.random.SeedSequence:

@@ -206,3 +206,18 @@ def test_hiscores_and_show_of_a_run(tmp_path, subset_dir, subset_db):
     assert read_slha(slha).masses
     result = run("show", str(out), "--rank", "99", "--database", str(subset_dir))
     assert result.exit_code == 1 and "no hiscore of rank 99" in result.stderr
+
+
+@pytest.mark.parametrize("flags, level", [((), "INFO"), (("-v",), "DEBUG"), (("-vv",), "DEBUG"),
+                                          (("-vvv",), "DEBUG"), (("-q",), "WARNING")])
+def test_verbosity_sets_the_protomodels_level(flags, level, monkeypatch):
+    """-vv used to set level 0 (NOTSET): the logger then took the root's WARNING and
+    debug and info records vanished."""
+    import logging
+    root = logging.getLogger("protomodels")
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "propagate", root.propagate)
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setattr(logging.getLogger(), "level", logging.WARNING)
+    assert run(*flags, "database", "--help").exit_code == 0  # the group callback runs
+    assert logging.getLevelName(root.getEffectiveLevel()) == level

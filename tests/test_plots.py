@@ -168,3 +168,23 @@ def test_missing_matplotlib_is_explained(run_dir: Path, tmp_path: Path,
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ProtomodelsError, match=r"pip install 'protomodels\[plots\]'"):
         plots.plot_k_trace(run_dir, tmp_path / "k.png")
+
+
+def test_save_figure_is_atomic_one_png_path_and_format_by_suffix(tmp_path: Path) -> None:
+    """A file from ``save_figure`` is the in-memory rendering (``figure_png`` for .png),
+    written atomically (no temporary file left, the folder created); .pdf and .svg are
+    rendered as such; an unwritable path is a one-line error naming it."""
+    fig = plots.figure(2.0, 1.5)
+    fig.add_subplot().plot([0, 1], [0, 1])
+    plots.save_figure(fig, None)  # in memory only: nothing to write
+    plots.save_figure(fig, tmp_path / "new" / "a.png")
+    assert (tmp_path / "new" / "a.png").read_bytes() == plots.figure_png(fig)
+    plots.save_figure(fig, tmp_path / "new" / "a.pdf")
+    plots.save_figure(fig, tmp_path / "new" / "a.svg")
+    assert (tmp_path / "new" / "a.pdf").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in (tmp_path / "new" / "a.svg").read_bytes()[:2000]
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["a.pdf", "a.png", "a.svg"]
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    with pytest.raises(ProtomodelsError, match=rf"^{blocker / 'a.png'}: cannot write the plot"):
+        plots.save_figure(fig, blocker / "a.png")

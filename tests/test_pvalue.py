@@ -15,7 +15,7 @@ from protomodels import pvalue
 from protomodels.cli import cli
 from protomodels.exceptions import RunError
 from protomodels.model import LSP, ProtoModel
-from protomodels.runs import WalkerStore
+from protomodels.runs import RUN_SCHEMA, WalkerStore
 
 
 def _run(folder: Path, best_k: float, fake: bool, steps: int = 200, walkers: int = 2) -> Path:
@@ -25,7 +25,8 @@ def _run(folder: Path, best_k: float, fake: bool, steps: int = 200, walkers: int
               "sqrts": [8, 13], "analyses": ["*"], "seed": 1, "out": str(folder)}
     versions = {"database_fake": {"record": str(folder / "db/fakedb.json"), "seed": 1,
                                   "injected": None} if fake else None}
-    (folder / "run.json").write_text(json.dumps({"config": config, "versions": versions,
+    (folder / "run.json").write_text(json.dumps({"schema": RUN_SCHEMA, "config": config,
+                                                 "versions": versions,
                                                  "segments": [{"steps": steps}]}))
     entries = [{"K": best_k, "rank": 1, "model": {"masses": {"XZ1": 300.0, "Xt": 900.0}}},
                {"K": best_k - 1.0, "rank": 2, "model": {"masses": {"XZ1": 200.0}}}]
@@ -76,6 +77,23 @@ def test_report_warns_about_unfair_comparisons(tmp_path):
     assert report["warnings"] == [f"{unfinished} is unfinished: 120 of 200 steps"]
     with pytest.raises(RunError, match="not a run directory"):
         pvalue.compare_runs(tmp_path / "nothing", fakes)
+
+
+@pytest.mark.writes_invalid_files
+def test_a_damaged_run_json_is_a_one_line_error(tmp_path):
+    """run.json is read against its schema (it used to be read raw: a wrong field gave a
+    TypeError, a file of another version was misread)."""
+    real = _run(tmp_path / "real", 2.5, fake=False)
+    fake = _run(tmp_path / "fake", 1.0, fake=True)
+    record = json.loads((fake / "run.json").read_text())
+    (fake / "run.json").write_text(json.dumps(dict(record, segments=[{"steps": "200"}])))
+    with pytest.raises(RunError) as caught:
+        pvalue.compare_runs(real, [fake])
+    assert str(caught.value) == f"{fake / 'run.json'}: $.segments[0].steps: '200' is not of type 'integer'"
+    del record["schema"]
+    (fake / "run.json").write_text(json.dumps(record))
+    with pytest.raises(RunError, match=r"run.json: \$.schema: missing, expected 'protomodels.run/1'"):
+        pvalue.compare_runs(real, [fake])
 
 
 def test_pvalue_command_writes_json_and_png(tmp_path):

@@ -23,7 +23,6 @@ from protomodels.report import build_report, decay_graph  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "protomodels" / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def _entry(model, result, **extra) -> Dict[str, Any]:
@@ -61,7 +60,7 @@ def tiny_run(tmp_path_factory, subset_db) -> Path:
                          temperature=1.0, polished=True)]
     hiscores.update(out / "hiscores.json", candidates)
     export_hiscores(out)
-    fig = plots._figure(2.0, 1.5)
+    fig = plots.figure(2.0, 1.5)
     fig.add_subplot().plot([0, 1], [0, 1])
     (out / "pvalue.png").write_bytes(plots.figure_png(fig))
     return out
@@ -97,6 +96,15 @@ def test_report_of_a_tiny_run_has_every_section(page, tiny_run):
     assert "yes (protomodels polish)" in html  # the polished entry is marked
     assert "pvalue.png, written by protomodels pvalue" in html
     assert "Fake database" not in html
+
+
+def test_pages_and_other_atomic_writes_get_the_umask_mode(page, tiny_run):
+    """Atomic writes are not left at the temporary file's 0600: the page, hiscores.json
+    and run.json get what a plain open() would give them (0666 less the umask)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (page, tiny_run / "hiscores.json", tiny_run / "run.json"):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
 
 
 def test_report_inlines_everything(page, tiny_run):
@@ -143,10 +151,14 @@ def test_decay_graph_of_a_proto_model():
 
 
 def _chromium():
-    """A headless Chromium driven by selenium with the system's chromedriver (so that
-    selenium-manager never downloads anything); skipped when missing, except where
-    PROTOMODELS_REQUIRE_BROWSER=1 (CI installs it): then the test fails."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(p)]
+    """A headless Chromium driven by selenium with the system's chromedriver, both found
+    on PATH (chromium, else chromium-browser; chromedriver), so that selenium-manager never
+    downloads anything; skipped when missing, except where PROTOMODELS_REQUIRE_BROWSER=1
+    (CI installs them, ``.ci/run``): then the test fails."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    missing = [name for name, found in (("chromium (or chromium-browser)", chromium),
+                                        ("chromedriver", chromedriver)) if found is None]
     try:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
@@ -158,12 +170,12 @@ def _chromium():
             pytest.fail(message)
         pytest.skip(message)
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
                      "--disable-dev-shm-usage", "--window-size=1280,1000"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
 
 
 def _open(driver, page: Path, screenshot: Path):
@@ -197,6 +209,18 @@ def test_significance_report_of_one_model(tmp_path, subset_dir, subset_db):
 
     from protomodels.cli import cli
 
+    # a page that cannot be written (its folder is a file) loses nothing: the output
+    # comes first, then the one-line error
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    result = CliRunner().invoke(cli, ["significance", str(EXAMPLES / "paper_best.slha"), "--json",
+                                      "--output-file", str(tmp_path / "pb.json"),
+                                      "--report", str(blocker / "pb"),
+                                      "--database", str(subset_dir)], obj={})
+    assert result.exit_code == 1
+    assert result.stderr.splitlines()[-1].startswith(f"Error: {blocker / 'pb'}: cannot create")
+    assert json.loads((tmp_path / "pb.json").read_text())["K"] > 0
+
     out = tmp_path / "pb"
     result = CliRunner().invoke(cli, ["significance", str(EXAMPLES / "paper_best.slha"), "--json",
                                       "--report", str(out), "--database", str(subset_dir)], obj={})
@@ -211,6 +235,28 @@ def test_significance_report_of_one_model(tmp_path, subset_dir, subset_db):
     href = re.search(r'download="paper_best.slha" href="data:text/plain;base64,([^"]*)"', html)
     assert base64.b64decode(href.group(1)).decode() == (EXAMPLES / "paper_best.slha").read_text()
     assert all(s.startswith("data:image/png;base64,") for s in re.findall(r'src="([^"]*)"', html))
+
+
+def test_significance_report_without_the_extra_fails_before_the_evaluation(tmp_path,
+                                                                         monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from protomodels import loader
+    from protomodels.cli import cli
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the database was loaded")
+
+    monkeypatch.setattr(loader, "load_database", no_load)
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    result = CliRunner().invoke(cli, ["significance", str(EXAMPLES / "paper_best.slha"),
+                                      "--report", str(tmp_path / "pb")], obj={})
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        "Error: report needs matplotlib and jinja2: pip install 'protomodels[plots]'"]
+    assert not (tmp_path / "pb").exists()
 
 
 def _manifest(runs) -> Dict[str, Any]:
@@ -256,7 +302,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, tiny_run):
 
     (tmp_path / "empty").mkdir()
     assert error("report", str(tmp_path / "empty")) == [
-        f"Error: {tmp_path / 'empty'}: not a run (no run.json)"]
+        f"Error: {tmp_path / 'empty'}: not a run directory (no run.json)"]
     batch = tmp_path / "batch"
     batch.mkdir()
     (batch / "fakes.json").write_text(json.dumps(_manifest([])))
@@ -268,3 +314,26 @@ def test_bad_input_is_a_one_line_error(tmp_path, tiny_run):
     assert str(tmp_path / "empty" / "fakes.json") in line
     with pytest.raises(ProtomodelsError, match="--top 0: must be at least 1"):
         build_report(run, tmp_path / "out", top=0)
+
+
+def test_a_pvalue_that_cannot_be_computed_fails_before_any_evaluation(tmp_path, tiny_run,
+                                                                      subset_db, monkeypatch):
+    """--fakes whose runs used another likelihood: the one-line error comes before the
+    (costly) re-evaluation of the top models, not after it."""
+    from protomodels import significance
+    from protomodels.exceptions import RunError
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a model was re-evaluated")
+
+    monkeypatch.setattr(significance, "evaluate", no_evaluation)
+    batch = tmp_path / "fakes"
+    shutil.copytree(tiny_run, batch / "run-000", ignore=shutil.ignore_patterns("report"))
+    record = json.loads((batch / "run-000" / "run.json").read_text())
+    record["config"]["likelihood"] = "full" if record["config"]["likelihood"] != "full" \
+        else "simplified"
+    (batch / "run-000" / "run.json").write_text(json.dumps(record))
+    (batch / "fakes.json").write_text(json.dumps(_manifest(["run-000"])))
+    with pytest.raises(RunError, match=r"run-000/run.json: field 'config.likelihood' is"):
+        build_report(tiny_run, tmp_path / "out", top=1, db=subset_db, fakes=batch)
+    assert not (tmp_path / "out").exists()

@@ -56,6 +56,86 @@ def test_resume_after_a_crash_redoes_only_the_lost_steps(tmp_path):
     assert steps == list(range(1, 31))  # one wall time per step, none twice
 
 
+def _full_counts(folder):
+    """The counts of ``HistoryTally.read`` computed from the whole history at once."""
+    entries = read_history(folder)
+    n = len(entries) or 1
+    return {"steps": entries[-1]["step"] if entries else 0,
+            "acceptance": sum(e["accepted"] for e in entries) / n,
+            "best_K": max((e["K"] for e in entries), default=None),
+            "screened": sum(bool(e.get("screened")) for e in entries) / n}
+
+
+def test_the_live_status_reads_the_history_as_it_grows(tmp_path, caplog):
+    """The walk's status reads only what was appended since its last read; a last line
+    still being written (walkers append while it reads) waits, and is not an error; a
+    history cut back to its checkpoint is read again; a damaged line is logged once."""
+    from protomodels import runs
+    from protomodels.runs import HistoryTally
+    run_walker(tmp_path / "full", walker_seeds(5, 1)[0], fake_score, 30, SPACE)
+    lines = (tmp_path / "full/history.jsonl").read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "w"
+    folder.mkdir()
+    history = folder / "history.jsonl"
+    tally = HistoryTally(history)
+    assert tally.read() == {"steps": 0, "acceptance": 0.0, "best_K": None, "screened": 0.0}
+    written = b""
+    for start, stop in ((0, 7), (7, 8), (8, 20)):
+        written += b"".join(lines[start:stop])
+        history.write_bytes(written + lines[stop][:25])  # half of the next line
+        assert tally.read() == _full_counts(folder_of(written, tmp_path / f"c{stop}"))
+    history.write_bytes(b"".join(lines[:20]))
+    assert tally.read() == _full_counts(folder) and tally.read()["steps"] == 20
+    history.write_bytes(b"".join(lines[:10]))  # resumed: cut back to step 10
+    assert tally.read() == _full_counts(folder)
+    history.write_bytes(b"".join(lines[:20]))
+    assert tally.read()["steps"] == 20
+    # cut back to step 10 and redone past the old end before the next read, in lines of
+    # other lengths: the offset falls inside a line
+    redone = b"".join(line.replace(b'"K": ', b'"K":   ') for line in lines[10:25])
+    history.write_bytes(b"".join(lines[:10]) + redone)
+    assert tally.read() == _full_counts(folder) and tally.read()["steps"] == 25
+    history.write_bytes(b"".join(lines[:10]) + redone[:-1])  # cut at step 24 and half of 25
+    assert tally.read() == _full_counts(folder_of(b"".join(lines[:24]), tmp_path / "c24"))
+    # the same, where the old end falls between two redone lines: step 12 follows step 25
+    history.write_bytes(b"".join(lines[:25]))
+    assert tally.read()["steps"] == 25
+    eleventh = lines[10].replace(b'"K": ', b'"K": ' + b" " * (len(b"".join(lines[10:25]))
+                                                             - len(lines[10])))
+    history.write_bytes(b"".join(lines[:10]) + eleventh + b"".join(lines[11:27]))
+    assert tally.read() == _full_counts(folder) and tally.read()["steps"] == 27
+    history.write_bytes(b"".join(lines[:15]) + b"{damaged\n" + b"".join(lines[16:]))
+    assert tally.read()["steps"] == 15 and tally.damaged.endswith(
+        "history.jsonl:16: corrupt history line (JSONDecodeError: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1))")
+    assert tally.read()["steps"] == 15
+
+    # the walk's summary reads whole histories: a damaged one is an error; its live status
+    # logs it once and goes on
+    out = tmp_path / "run"
+    folder_of(b"".join(lines[:15]) + b"{damaged\n", out / "walker-0")
+    folder_of(b"".join(lines), out / "walker-1")
+    with pytest.raises(RunError, match=r"walker-0/history.jsonl:16: corrupt history line"):
+        runs.progress(out, 2)
+    tallies = runs.history_tallies(out, 2)
+    for _ in range(3):
+        status = runs.progress(out, 2, tallies)
+    assert [s["steps"] for s in status] == [15, 30]
+    assert status[1] == {"walker": 1, **_full_counts(out / "walker-1")}
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].endswith(
+        "history.jsonl:16: corrupt history line (JSONDecodeError: Expecting property name "
+        "enclosed in double quotes: line 1 column 2 (char 1)): the status counts the steps "
+        "before it")
+
+
+def folder_of(content, folder):
+    """A chain folder whose history is ``content``."""
+    folder.mkdir(parents=True)
+    (folder / "history.jsonl").write_bytes(content)
+    return folder
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     seed = walker_seeds(1, 1)[0]
     run_walker(tmp_path / "w", seed, fake_score, 5, SPACE)

@@ -25,8 +25,9 @@ def gluino_model() -> ProtoModel:
 def fake_score(model):
     """No physics: K peaked at m(Xg) = 1550 GeV, r_max growing with the multiplier."""
     k = 3.0 - ((model.masses[GLUINO] - 1550.0) / 300.0) ** 2 - model.masses[LSP] / 1000.0
-    return {"K": k, "TL": k + 1.0, "mu_hat": 1.0,
-            "mu_max": 1.0 / (0.5 * model.multiplier((GLUINO, GLUINO))), "combination": []}
+    r_max = 0.5 * model.multiplier((GLUINO, GLUINO))
+    return {"K": k, "TL": k + 1.0, "mu_hat": 1.0, "mu_max": 1.0 / r_max, "r_max": r_max,
+            "combination": []}
 
 
 def fake_factory():
@@ -104,6 +105,7 @@ def test_tiny_real_scan_file_masks_centre_resume_and_plot(real_run, tmp_path):
     assert centre["mu_hat"] == pytest.approx(1.0, abs=1e-3)
     # ... whose K is the stored model's, up to the precision of the profiled mu_hat
     assert centre["K"] == pytest.approx(hiscore["K"], abs=1e-4)
+    assert centre["r_max"] == score(best_fit)["r_max"] > 0  # the evaluation's own r_max
     assert all(p["r_max"] >= 0 for p in document["points"] if p["status"] == "ok")
 
     again = scan(run, "Xg", "XZ1", **kwargs)  # resume: nothing left to do
@@ -159,6 +161,30 @@ def test_bad_input_is_one_line_naming_option_and_value(real_run, tmp_path):
     out.write_text(json.dumps({"schema": "protomodels.scan/1", "points": "none"}))
     with pytest.raises(ScanError, match=r"x.json: \$: '\w+' is a required property"):
         scan(run, "Xg", "XZ1", out=out, score_factory=fake_factory)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ScanError, match=rf"^{blocker}: cannot create the folder of the scan file"):
+        scan(run, "Xg", "XZ1", out=blocker / "s.json", score_factory=fake_factory)
+
+
+def test_a_scan_file_has_one_writer_and_plots_need_matplotlib(real_run, tmp_path, monkeypatch):
+    import sys
+
+    from protomodels.atomic import sole_writer
+    from protomodels.exceptions import ProtomodelsError
+    from protomodels.scan import plot_scan, read_scan, scan
+
+    run, _ = real_run
+    out = tmp_path / "s.json"
+    with sole_writer(tmp_path / "s.json.lock", ScanError, "test"):
+        with pytest.raises(ScanError, match=r": scan file s.json is being written by host .* pid "):
+            scan(run, "Xg", "XZ1", points=(2, 2), out=out, score_factory=fake_factory)
+    assert not out.exists()
+    scan(run, "Xg", "XZ1", points=(2, 2), out=out, score_factory=fake_factory, processes=1)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ProtomodelsError, match=r"pip install 'protomodels\[plots\]'"):
+        plot_scan(read_scan(out), tmp_path / "s.png")
+    assert not (tmp_path / "s.png").exists()
 
 
 def test_multiplier_axis_is_logarithmic_around_the_best_fit(real_run, tmp_path):
@@ -170,10 +196,66 @@ def test_multiplier_axis_is_logarithmic_around_the_best_fit(real_run, tmp_path):
     document = read_scan(summary["file"])
     mu_hat = hiscores.read(run / "hiscores.json")[0].get("mu_hat") or 1.0
     x = document["x"]
-    assert x["scale"] == "log" and x["hiscore_value"] == pytest.approx(2.0 * mu_hat)
-    assert x["values"][0] == pytest.approx(x["hiscore_value"] / 3) or \
-        x["values"][0] == pytest.approx(0.01)
-    assert summary["x"] == "ssm:Xg,Xg" and summary["complete"]
+    value = 2.0 * mu_hat  # the best fit's multiplier (the fitted mu_hat is ~0.013)
+    assert value / 3 < 0.01 < value and value * 3 < 100
+    assert x["scale"] == "log" and x["hiscore_value"] == pytest.approx(value, rel=1e-12)
+    # /3 to x3 clipped to the walks' 0.01-100: from 0.01; the middle point (nearest in
+    # log) moved onto the best fit's value exactly
+    assert x["values"] == pytest.approx([0.01, value, 3 * value], rel=1e-12)
+    assert x["values"][1] == x["hiscore_value"]
+    assert summary["x"] == "ssm:Xg,Xg" and summary["x_kind"] == "ssm" and summary["complete"]
+    assert summary["y_kind"] == "mass"
+    for p in document["points"]:  # r_max: the score's, at the point's multiplier
+        assert p["r_max"] == pytest.approx(0.5 * p["x"], rel=1e-12)
+
+
+def test_a_point_whose_evaluation_raises_is_failed_and_the_scan_goes_on(real_run, tmp_path,
+                                                                        caplog):
+    """A score raising (pyhf, numerics) fails its point only: the error is logged and
+    stored, the others are evaluated, the file validates, a rerun does not retry it, the
+    plot crosses it; an infinite r_max is stored as null."""
+    from protomodels.scan import format_summary, plot_scan, read_scan, scan
+
+    run, _ = real_run
+    calls = []
+
+    def flaky():
+        def score(model):
+            calls.append(1)
+            if model.masses[GLUINO] == 1600.0 and model.masses[LSP] == 300.0:
+                raise RuntimeError("pyhf: the fit did not\nconverge")
+            record = fake_score(model)
+            if model.masses[GLUINO] == 1600.0 and model.masses[LSP] == 200.0:
+                record.update(mu_max=0.0, r_max=math.inf)  # an r_obs without bound
+            return record
+        return score
+
+    out = tmp_path / "f.json"
+    kwargs = dict(points=(3, 2), x_range=(1000.0, 1600.0), y_range=(200.0, 300.0), out=out,
+                  processes=1)
+    with caplog.at_level("WARNING", logger="protomodels.scan"):
+        summary = scan(run, "Xg", "XZ1", score_factory=flaky, **kwargs)
+    document = read_scan(out)
+    validate(document, "scan", str(out), ScanError)
+    by_index = {(p["ix"], p["iy"]): p for p in document["points"]}
+    failed = by_index[(2, 1)]
+    assert failed["status"] == "failed"
+    assert failed["reason"] == "RuntimeError: pyhf: the fit did not converge"
+    assert [p["status"] for p in document["points"]].count("ok") == 5
+    assert by_index[(2, 0)]["status"] == "ok" and by_index[(2, 0)]["r_max"] is None
+    assert summary["failed"] == 1 and summary["ok"] == 5 and summary["complete"]
+    assert summary["best"]["ix"] == 2 and summary["best"]["iy"] == 0
+    text = format_summary(summary)
+    assert "1 failed" in text and "r_max not finite" in text
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == ("scan: point (2, 1) at x = 1600, y = 300 failed "
+                       "(RuntimeError: pyhf: the fit did not converge)")
+    evaluated = len(calls)
+    again = scan(run, "Xg", "XZ1", score_factory=flaky, **kwargs)
+    assert again["evaluated_now"] == 0 and len(calls) == evaluated
+    plot = tmp_path / "f.png"
+    plot_scan(document, plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_command_local_processes_and_dask_agree(real_run, tmp_path, monkeypatch):

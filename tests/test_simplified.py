@@ -205,11 +205,13 @@ def test_fake_counts_go_into_the_workspaces_in_use(subset_dir, tmp_path):
 
 def test_pvalue_refuses_runs_of_different_likelihoods(tmp_path):
     from protomodels import hiscores
+    from protomodels.runs import RUN_SCHEMA
 
     for name, likelihood in (("real", "simplified"), ("fake", "full")):
         run = tmp_path / name
         run.mkdir()
-        (run / "run.json").write_text(json.dumps({"config": {"likelihood": likelihood, "steps": 1},
+        (run / "run.json").write_text(json.dumps({"schema": RUN_SCHEMA,
+                                                  "config": {"likelihood": likelihood, "steps": 1},
                                                   "segments": [{"steps": 1}]}))
         hiscores.update(run / "hiscores.json", [{"K": 1.0, "TL": 1.0, "walker": 0, "step": 1,
                                                  "model": models.sbottom_higgs().to_dict()}])

@@ -156,6 +156,35 @@ def test_a_kill_in_the_middle_of_a_sweep_is_finished_on_resume(tmp_path, monkeyp
     assert _run_bytes(tmp_path / "run", 3) == _run_bytes(tmp_path / "ref", 3)
 
 
+@pytest.mark.writes_invalid_files
+def test_a_damaged_swap_log_is_a_one_line_error(tmp_path):
+    """swaps.jsonl is read line by line against the schema ``swap``: a damaged line (the
+    log is rewritten atomically, so even a killed run leaves none) names the file, the
+    line and the field, instead of a KeyError or JSONDecodeError traceback; a resume that
+    finishes a sweep reads the log the same way."""
+    import json
+    import re
+
+    from protomodels.exceptions import RunError
+    run = tmp_path / "run"
+    walk(WalkConfig(out=str(run), steps=12, **SETTINGS), score_factory=fake_factory)
+    store = tempering.TemperingStore(run)
+    log, log_name = store.log.read_text().splitlines(keepends=True), re.escape(str(store.log))
+    assert [s["step"] for s in store.read_swaps()] == [5, 5, 10, 10]
+    store.log.write_text("".join(log[:2]) + log[2][:30] + "\n" + "".join(log[3:]))
+    for check in (True, False):
+        with pytest.raises(RunError, match=rf"^{log_name}:3: corrupt swap line \(Expecting"):
+            store.read_swaps(check)
+    third = json.loads(log[2])
+    store.log.write_text("".join(log[:2]) + json.dumps(dict(third, accepted="yes")) + "\n")
+    with pytest.raises(RunError, match=rf"^{log_name}:3: \$.accepted: 'yes' is not of type"):
+        store.read_swaps()
+    del third["step"]
+    store.log.write_text("".join(log[:2]) + json.dumps(third) + "\n")
+    with pytest.raises(RunError, match=rf"^{log_name}:3: \$.step: missing or not an integer$"):
+        store.finish({"pending": {"step": 15, "swaps": [], "rng": {}}})
+
+
 def test_hiscores_name_the_temperature_of_their_chain(tmp_path):
     from protomodels import hiscores
 

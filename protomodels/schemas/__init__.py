@@ -45,8 +45,8 @@ def _validator(name: str):
 @functools.lru_cache(maxsize=None)
 def documents() -> Dict[str, str]:
     """Schema id (the value of a file's field 'schema') -> name of the shipped schema that
-    pins it; documents without such a field (``history-step``, ``run-config``, ``defs``)
-    are not in it."""
+    pins it; documents without such a field (``history-step``, ``swap``, ``run-config``,
+    ``defs``) are not in it."""
     ids: Dict[str, str] = {}
     for entry in resources.files(__name__).iterdir():
         if entry.name.endswith(".json"):

@@ -328,7 +328,7 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                 source.file_name, len(todo), len(wanted), CHUNK)
     t0 = time.perf_counter()
     if cluster:
-        from ..cluster import connect
+        from ..cluster import connect, disconnect
 
         client, closers = connect(cluster, jobs)
         try:
@@ -339,8 +339,7 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                 if progress:
                     progress(n, len(todo))
         finally:
-            for thing in closers:
-                thing.close()
+            disconnect(closers)
     else:
         from .validation import pyhf_backend
 
