@@ -51,7 +51,7 @@ def test_training_data_resume_exactly_and_the_same_seed_gives_the_same_network(t
                                np.array(before["deltas"], dtype=float), atol=1e-6)
     x = np.array(before["signals"])
     old = trained["model"].deltas(x)
-    surrogate.train(source, SAMPLES, HOLDOUT, SEED)
+    surrogate.train(source, SAMPLES, HOLDOUT, SEED, baseline=outcome["baseline"])
     again = surrogate.WorkspaceSurrogate.load(source).deltas(x)
     np.testing.assert_allclose(again, old, atol=1e-6, rtol=0)
     assert trained["sidecar"]["training"]["samples"] == SAMPLES
@@ -79,6 +79,55 @@ def test_surrogate_against_pyhf_on_held_out_signals(trained):
             theirs = fit.upper_limit({"SRB": float(x[i][0])}, expected=expected)
             assert ours == pytest.approx(theirs, rel=0.1), (x[i], expected)
     assert model.upper_limit(np.zeros(1)) is None
+
+
+def test_gaussian_baseline_equals_pyhf_on_the_same_likelihood():
+    """The surrogates' baseline (nuisance parameters profiled by Newton's method,
+    ``surrogate_baseline``) against pyhf's fixed-mu fits of the same likelihood: three
+    bins, two correlated background shifts (histosys, unit Gaussian constraints), signal
+    in two bins (input bins mapped by position) with a 22% signal uncertainty, observed
+    and expected data.  Then the consistent prior (the default): theta = 0 is the
+    minimum at n = 0, so for a small signal Delta = sum_k n_k (d_k / b_k - 1) to first
+    order (the envelope theorem)."""
+    import pyhf
+
+    from protomodels.statistics.surrogate_baseline import GaussianBaseline
+
+    background = np.array([50.0, 12.0, 3.5])
+    modes = np.array([[6.0, 1.0], [2.5, -1.5], [1.0, 0.5]])
+    observed = np.array([58.0, 9.0, 6.0])
+    u = 0.22
+    datasets = [observed, background]
+    baseline = GaussianBaseline([0, 2], background, modes, datasets, u,
+                                precision=[np.eye(2)] * 2, linear=np.zeros((2, 2)))
+    signals = np.array([[0.0, 0.0], [5.0, 2.0], [20.0, 0.5], [0.0, 9.0], [80.0, 30.0]])
+    ours = baseline.deltas(signals)
+    assert ours.shape == (5, 2) and np.all(ours[0] == 0)
+    for signal, row in zip(signals, ours):
+        spec = {"channels": [{"name": "SR", "samples": [
+            {"name": "Bkg", "data": background.tolist(), "modifiers": [
+                {"name": f"mode{p}", "type": "histosys",
+                 "data": {"hi_data": (background + modes[:, p]).tolist(),
+                          "lo_data": (background - modes[:, p]).tolist()}} for p in (0, 1)]},
+            {"name": "bsm", "data": (nominal := [signal[0] + 1e-9, 1e-9, signal[1] + 1e-9]),
+             "modifiers": [{"name": "mu_SIG", "type": "normfactor", "data": None},
+                           {"name": "signalUncertainty", "type": "histosys",
+                            "data": {"hi_data": [(1 + u) * x for x in nominal],
+                                     "lo_data": [(1 - u) * x for x in nominal]}}]}]}],
+            "observations": [{"name": "SR", "data": observed.tolist()}],
+            "measurements": [{"name": "m", "config": {"poi": "mu_SIG", "parameters": []}}],
+            "version": "1.0.0"}
+        model = pyhf.Workspace(spec).model()
+        for counts, value in zip((observed, background), row):
+            data = list(counts) + model.config.auxdata
+            twice = [float(pyhf.infer.mle.fixed_poi_fit(mu, data, model, return_fitted_val=True)[1])
+                     for mu in (0.0, 1.0)]
+            assert value == pytest.approx(0.5 * (twice[0] - twice[1]), abs=2e-4), (signal, counts)
+    consistent = GaussianBaseline([0, 2], background, modes, datasets, u)
+    small = np.array([[1e-4, 2e-4]])
+    first_order = [small[0] @ (counts[[0, 2]] / background[[0, 2]] - 1) for counts in datasets]
+    np.testing.assert_allclose(consistent.deltas(small)[0], first_order, rtol=1e-3, atol=1e-7)
+    assert not np.allclose(baseline.deltas(small)[0], first_order, rtol=1e-3, atol=1e-7)
 
 
 def test_asymptotic_cls_equals_pyhf_hypotest():

@@ -69,6 +69,8 @@ class SignalAsParameters:
         expected = dict(computer.workspaces_expected[0])
         #: per shapefactor: the SModelS region names of its bins, in bin order
         self.bins: Dict[str, List[str]] = {}
+        #: SModelS' relative signal uncertainty (its histosys on the signal), 0 if none
+        self.signal_uncertainty = 0.0
         for region in computer.channelsInfo[0]["signalRegions"]:
             original = int(region["path"].split("/")[2])
             channel_name = workspace["channels"][original]["name"]
@@ -78,7 +80,7 @@ class SignalAsParameters:
             sample["data"] = [1.0] * size
             for modifier in sample["modifiers"]:
                 if modifier["type"] == "histosys":  # SModelS' signalUncertainty
-                    u = float(info.signalUncertainty)
+                    u = self.signal_uncertainty = float(info.signalUncertainty)
                     modifier["data"] = {"hi_data": [1.0 + u] * size, "lo_data": [1.0 - u] * size}
             name = SHAPEFACTOR_PREFIX + channel_name
             sample["modifiers"].append({"name": name, "type": "shapefactor", "data": None})

@@ -76,7 +76,7 @@ def is_full(workspace: Dict[str, Any]) -> bool:
 
 
 @contextlib.contextmanager
-def _minuit_backend() -> Iterator[Any]:
+def minuit_backend() -> Iterator[Any]:
     """pyhf's numpy backend with MINUIT for the duration of one fit (pyhf's backend is
     global: SModelS' own choice is restored afterwards)."""
     import pyhf
@@ -98,7 +98,7 @@ def build(spec: Dict[str, Any], name: str = "workspace") -> Simplified:
     ``name``) when the input is not a valid workspace, the fit fails or does not converge,
     or the covariance is not positive.
     """
-    with _minuit_backend() as pyhf:
+    with minuit_backend() as pyhf:
         try:
             workspace = pyhf.Workspace(spec)
             model = workspace.model(poi_name=None, modifier_settings=INTERPOLATION)
@@ -143,6 +143,15 @@ def build(spec: Dict[str, Any], name: str = "workspace") -> Simplified:
 def _propagate(model, best: np.ndarray, covariance: np.ndarray, name: str) -> np.ndarray:
     """sigma_i = sqrt(s_i^T rho s_i), s_pi the symmetrised +-1 sigma_p yield shift of bin i
     (module docstring, step 2); fixed parameters (zero variance) contribute nothing."""
+    return np.sqrt(np.clip(np.diag(bin_covariance(model, best, covariance, name)), 0.0, None))
+
+
+def bin_covariance(model, best: np.ndarray, covariance: np.ndarray, name: str) -> np.ndarray:
+    """The post-fit covariance of the yields of all bins (K, K), events^2:
+    sum_pq s_pi rho_pq s_qj with s_pi the symmetrised +-1 sigma_p yield shift of bin i
+    (module docstring, step 2) and rho the fit's correlation matrix; fixed parameters
+    (zero variance) contribute nothing.  ``covariance``: the fit's, parameters x
+    parameters.  Raises ``WorkspaceError`` (naming ``name``) when it is not positive."""
     variances = np.diag(covariance)
     if np.any(variances < -1e-12) or not np.all(np.isfinite(covariance)):
         raise WorkspaceError(f"{name}: the fit covariance is not positive")
@@ -156,8 +165,7 @@ def _propagate(model, best: np.ndarray, covariance: np.ndarray, name: str) -> np
         down[index] -= sigma[index]
         shifts[index] = (np.asarray(model.expected_actualdata(up))
                          - np.asarray(model.expected_actualdata(down))) / 2.0
-    variance = np.einsum("pi,pq,qi->i", shifts, correlation, shifts)
-    return np.sqrt(np.clip(variance, 0.0, None))
+    return np.einsum("pi,pq,qj->ij", shifts, correlation, shifts)
 
 
 def _layout(spec: Dict[str, Any], channels: List[List[Any]], yields: np.ndarray,

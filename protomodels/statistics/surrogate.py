@@ -4,7 +4,10 @@ One surrogate per full workspace: a small fully connected network (scikit-learn'
 ``MLPRegressor``, tanh, L-BFGS) regresses the four profiled log-likelihood ratios
 Delta_D(n) of ``surrogate_data`` (observed, expected, and their Asimov data sets) as a
 function of the signal n (events per signal-region bin), after the SModelS
-collaboration's study of ML surrogates of full statistical models.  The network is
+collaboration's study of ML surrogates of full statistical models.  It regresses them
+as residuals over a Gaussian simplified likelihood of the workspace (``surrogate_baseline``):
+Delta_D(n) = Delta_D^baseline(n) + f(n) - f(0); the baseline's numbers are kept in the
+sidecar (field ``baseline``; a sidecar without one has a network of the whole Delta_D).  The network is
 stored as ONNX (``model.onnx``, run by onnxruntime; float64 end to end) with a JSON
 sidecar (``model.json``, schema ``protomodels.surrogate/1``): input bin names, the
 output scaling, the training domain, data sets, metrics and versions, and the sha256 of
@@ -46,6 +49,7 @@ from ..atomic import read_json_record, write_json_atomic
 from ..exceptions import WorkspaceError
 from ..schemas import schema_id
 from . import surrogate_data as data_mod
+from .surrogate_baseline import GaussianBaseline
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,13 @@ DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
 LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
-MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, 64)])  # mu-hat search, x the tested mu
+#: the mu-hat search: mu x (the signal's total events) on this grid, then polished
+MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 3e3, 14)])
+POLISH_POINTS = 9
+#: (mu-hat, Delta) of the Asimov data of a background-only fit: mu-hat = 0 by construction
+#: (Cowan et al., arXiv:1007.1727, section 5), where Delta = 0 exactly
+ASIMOV_FIT = (0.0, 0.0)
+UL_RTOL = 1e-4  # of the limit's root search (SModelS' own: 1e-3)
 
 
 def require_onnx() -> None:
@@ -77,9 +87,12 @@ def model_paths(source: data_mod.WorkspaceSource) -> tuple:
 # ---------------------------------------------------------------- training
 
 def train(source: data_mod.WorkspaceSource, samples: int, holdout: int, seed: int,
-          hidden: Sequence[int] = HIDDEN) -> Dict[str, Any]:
+          hidden: Sequence[int] = HIDDEN,
+          baseline: Optional[GaussianBaseline] = None) -> Dict[str, Any]:
     """Fit the network on the first ``samples`` training samples, export it to ONNX and
-    write the sidecar; deterministic for a seed (one thread).  Returns the sidecar.
+    write the sidecar; deterministic for a seed (one thread).  With ``baseline`` (the
+    default of ``train_workspace``) the network fits Delta_D minus the baseline's
+    (module docstring); without, Delta_D itself.  Returns the sidecar.
     Raises ``WorkspaceError`` when data are missing or onnx tools are not installed."""
     require_onnx()
     from sklearn.neural_network import MLPRegressor
@@ -90,6 +103,8 @@ def train(source: data_mod.WorkspaceSource, samples: int, holdout: int, seed: in
     bins, x, y, seconds = data_mod.read_split(source, "train", seed, samples)
     _, x_hold, y_hold, _ = data_mod.read_split(source, "holdout",
                                                seed + data_mod.HOLDOUT_OFFSET, holdout)
+    if baseline is not None:
+        y = y - baseline.deltas(x)
     y_mean, y_scale = y.mean(axis=0), y.std(axis=0) + 1e-12
     t0 = time.perf_counter()
     with threadpool_limits(1):
@@ -123,6 +138,8 @@ def train(source: data_mod.WorkspaceSource, samples: int, holdout: int, seed: in
                      "iterations": int(pipeline[-1].n_iter_)},
         "versions": _versions(),
     }
+    if baseline is not None:
+        sidecar["baseline"] = baseline.to_json()
     write_json_atomic(json_path, sidecar)
     return sidecar
 
@@ -183,8 +200,9 @@ class WorkspaceSurrogate:
         # each training signal's distance to its nearest neighbour: the local spacing
         self.spacing = self.tree.query(self.tree.data, k=2)[0][:, 1] if self.tree.n > 1 \
             else np.zeros(self.tree.n)
+        self.baseline = GaussianBaseline.from_json(sidecar.get("baseline"))
         self.offset = np.zeros(len(self.y_mean))
-        self.offset = self._raw(np.zeros((1, len(self.bins))))[0]
+        self.offset = self._network(np.zeros((1, len(self.bins))))[0]
         self._session = None  # created again where it is used (after any fork)
 
     @classmethod
@@ -218,15 +236,20 @@ class WorkspaceSurrogate:
             self.input_name = self._session.get_inputs()[0].name
         return self._session
 
-    def _raw(self, signals: np.ndarray) -> np.ndarray:
+    def _network(self, signals: np.ndarray) -> np.ndarray:
+        """The network's f(n) - f(0), shape (M, 4)."""
         session = self.session
         out = session.run(None, {self.input_name: np.asarray(signals, dtype=np.float64)})[0]
         return np.asarray(out).reshape(len(signals), -1) * self.y_scale + self.y_mean - self.offset
 
-    def deltas(self, signals: np.ndarray) -> np.ndarray:
-        """Delta_D for ``DATASETS`` (columns) of signals (rows: events per bin, ``bins``
-        order), shape (M, 4); Delta_D(0) = 0."""
-        return self._raw(np.atleast_2d(signals))
+    def deltas(self, signals: np.ndarray, columns: Optional[Sequence[int]] = None) -> np.ndarray:
+        """Delta_D for ``DATASETS`` (all, or the indices ``columns``) of signals (rows:
+        events per bin, ``bins`` order), shape (M, 4 or len(columns)); Delta_D(0) = 0."""
+        signals = np.atleast_2d(signals)
+        out = self._network(signals)
+        if columns is not None:
+            out = out[:, list(columns)]
+        return out if self.baseline is None else out + self.baseline.deltas(signals, columns)
 
     def vector(self, signal: Dict[str, float]) -> np.ndarray:
         """A signal dict (region -> events) as the input vector (absent regions: 0)."""
@@ -247,38 +270,44 @@ class WorkspaceSurrogate:
     def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
         """-Delta_obs(mu x signal): -ln L(mu) relative to mu = 0, vectorised in mu."""
         mus = np.atleast_1d(np.asarray(mu, dtype=float))
-        values = -self.deltas(np.outer(mus, signal))[:, 0]
+        values = -self.deltas(np.outer(mus, signal), columns=[0])[:, 0]
         return values if np.ndim(mu) else float(values[0])
 
     def cls(self, mu: float, signal: np.ndarray, expected: bool = False) -> float:
         """Asymptotic qtilde CLs of mu x signal (module docstring); ``expected``: the
         a-priori expected data set (background yields) instead of the observed one."""
         column = 1 if expected else 0
-        grid = np.concatenate([[mu], MU_GRID * max(mu, 1e-9)])
-        deltas = self.deltas(np.outer(grid, signal))
-        d, d_asimov = deltas[:, column], deltas[:, column + 2]
-        best = float(np.max(d[1:]))  # mu-hat >= 0 (on the grid, then polished below)
-        i = int(np.argmax(d[1:])) + 1
-        if 1 < i < len(grid) - 1:
-            best = max(best, self._polish(signal, column, grid[i - 1], grid[i + 1]))
-        mu_hat_above = grid[i] > mu
-        q = 0.0 if mu_hat_above else max(0.0, 2.0 * (best - d[0]))
-        q_a = max(0.0, 2.0 * (float(np.max(d_asimov[1:])) - d_asimov[0]))
+        return self._cls(mu, signal, column, self._maximum(signal, column), ASIMOV_FIT)
+
+    def _cls(self, mu: float, signal: np.ndarray, column: int, fit: tuple,
+             fit_asimov: tuple) -> float:
+        """CLs of mu x signal given the maxima (mu-hat, Delta_D(mu-hat)) of the data set
+        (``_maximum``) and of its Asimov data set (``ASIMOV_FIT``)."""
+        d, d_asimov = self.deltas(mu * np.asarray(signal)[None], columns=[column, column + 2])[0]
+        q = 0.0 if fit[0] > mu else max(0.0, 2.0 * (fit[1] - d))
+        q_a = max(0.0, 2.0 * (fit_asimov[1] - d_asimov))
         return asymptotic_cls(q, q_a)
 
-    def _polish(self, signal, column, lo, hi) -> float:
-        """The maximum of Delta_D(mu x signal) on [lo, hi]: a fine grid in one network call,
-        then the vertex of the parabola through the best point and its neighbours."""
-        mus = np.linspace(lo, hi, 41)
-        values = self.deltas(np.outer(mus, signal))[:, column]
+    def _maximum(self, signal: np.ndarray, column: int) -> tuple:
+        """(mu-hat, Delta_D(mu-hat x signal)), mu-hat >= 0: ``MU_GRID`` in one call, then
+        a fine grid between the best point's neighbours and the vertex of the parabola
+        through the best of those and its neighbours."""
+        signal = np.asarray(signal, dtype=float)
+        grid = MU_GRID / max(float(np.sum(signal)), 1e-12)
+        values = self.deltas(np.outer(grid, signal), columns=[column])[:, 0]
         i = int(np.argmax(values))
-        best = float(values[i])
-        if 0 < i < len(mus) - 1:
-            y0, y1, y2 = values[i - 1], values[i], values[i + 1]
-            curvature = y0 - 2 * y1 + y2
-            if curvature < 0:
-                best = max(best, float(y1 - (y2 - y0) ** 2 / (8 * curvature)))
-        return best
+        mu_hat, best = float(grid[i]), float(values[i])
+        if 0 < i < len(grid) - 1:
+            mus = np.linspace(grid[i - 1], grid[i + 1], POLISH_POINTS)
+            values = self.deltas(np.outer(mus, signal), columns=[column])[:, 0]
+            j = int(np.argmax(values))
+            mu_hat, best = float(mus[j]), max(best, float(values[j]))
+            if 0 < j < len(mus) - 1:
+                y0, y1, y2 = values[j - 1], values[j], values[j + 1]
+                curvature = y0 - 2 * y1 + y2
+                if curvature < 0:
+                    best = max(best, float(y1 - (y2 - y0) ** 2 / (8 * curvature)))
+        return mu_hat, best
 
     def upper_limit(self, signal: np.ndarray, expected: bool = False,
                     cl: float = 0.95) -> Optional[float]:
@@ -288,9 +317,14 @@ class WorkspaceSurrogate:
         if not np.any(signal > 0):
             return None
         alpha = 1.0 - cl
+        column = 1 if expected else 0
+        fit = self._maximum(signal, column)
+        known: Dict[float, float] = {}
 
         def excess(mu: float) -> float:
-            return self.cls(mu, signal, expected) - alpha
+            if mu not in known:  # the bracket's ends come back in brentq
+                known[mu] = self._cls(mu, signal, column, fit, ASIMOV_FIT) - alpha
+            return known[mu]
 
         lo, hi = 1e-6, 1.0
         while excess(hi) > 0:
@@ -299,7 +333,7 @@ class WorkspaceSurrogate:
                 return None
         if excess(lo) < 0:
             return lo
-        return float(optimize.brentq(excess, lo, hi, rtol=1e-5, xtol=1e-9))
+        return float(optimize.brentq(excess, lo, hi, rtol=UL_RTOL, xtol=1e-9))
 
 
 def asymptotic_cls(q: float, q_asimov: float) -> float:
@@ -428,7 +462,7 @@ def train_workspace(database: Optional[str], analysis: str, workspace: Optional[
     require_onnx()
     outcome = data_mod.generate(database, analysis, workspace, samples, holdout, seed,
                                 backend=backend, cluster=cluster, jobs=jobs, progress=progress)
-    sidecar = train(outcome["source"], samples, holdout, seed)
+    sidecar = train(outcome["source"], samples, holdout, seed, baseline=outcome["baseline"])
     sidecar["data_wall_seconds"] = round(outcome["seconds"], 1)
     sidecar["data_chunks_computed"] = outcome["computed"]
     return sidecar

@@ -311,12 +311,26 @@ def _prepare(key: tuple, expresult, source: WorkspaceSource) -> None:
         _GENERATORS[key] = (expresult, source, generator, map_shapes(expresult, generator.bins))
 
 
+def baseline(database: Optional[str], expresult, source: WorkspaceSource, backend: str = "jax"):
+    """The Gaussian baseline of a full workspace's surrogate (``surrogate_baseline``) from
+    this process' generator of it (one background-only fit with MINUIT).  Raises
+    ``WorkspaceError`` when that fit fails."""
+    from .surrogate_baseline import GaussianBaseline
+    from .validation import pyhf_backend
+
+    key = (database, source.analysis, source.file_name, backend)
+    with pyhf_backend(backend):
+        _prepare(key, expresult, source)
+    return GaussianBaseline.from_generator(_GENERATORS[key][2], DATASETS)
+
+
 def generate(database: Optional[str], analysis: str, file_name: Optional[str], samples: int,
              holdout: int, seed: int, backend: str = "jax", cluster: Optional[str] = None,
              jobs: Optional[int] = None, progress=None) -> Dict[str, Any]:
     """Compute the missing chunks of the training and held-out splits of one workspace,
     here (one process) or as Dask tasks (``cluster``: as ``walk --cluster``).  Returns
-    {source, chunks computed, seconds}.  Resumable: written chunks are kept."""
+    {source, chunks computed, seconds, baseline (``surrogate_baseline.GaussianBaseline``)}.
+    Resumable: written chunks are kept."""
     from ..loader import load_database
 
     db = load_database(database, "full")
@@ -350,5 +364,6 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
             chunk_task(database, analysis, source.file_name, split, s, i, backend)
             if progress:
                 progress(n, len(todo))
-    return {"source": source, "computed": len(todo), "chunks": len(wanted),
-            "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    return {"source": source, "computed": len(todo), "chunks": len(wanted), "seconds": seconds,
+            "baseline": baseline(database, expresult, source, backend)}
