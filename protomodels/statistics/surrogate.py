@@ -54,13 +54,15 @@ from .surrogate_baseline import GaussianBaseline
 logger = logging.getLogger(__name__)
 
 SCHEMA = schema_id("surrogate")
-HIDDEN = (64, 64)
+HIDDEN = (64, 64, 64)
 DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
 LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
-#: the mu-hat search: mu x (the signal's total events) on this grid, then polished
-MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 3e3, 14)])
+#: the mu-hat search: this grid times the largest mu whose signal stays in the training
+#: range (beyond it the network extrapolates, and a spurious maximum there would make
+#: every limit below it infinite), then polished
+MU_GRID = np.concatenate([[0.0], np.geomspace(1e-5, 1.0, 16)])
 POLISH_POINTS = 9
 #: (mu-hat, Delta) of the Asimov data of a background-only fit: mu-hat = 0 by construction
 #: (Cowan et al., arXiv:1007.1727, section 5), where Delta = 0 exactly
@@ -289,11 +291,14 @@ class WorkspaceSurrogate:
         return asymptotic_cls(q, q_a)
 
     def _maximum(self, signal: np.ndarray, column: int) -> tuple:
-        """(mu-hat, Delta_D(mu-hat x signal)), mu-hat >= 0: ``MU_GRID`` in one call, then
-        a fine grid between the best point's neighbours and the vertex of the parabola
-        through the best of those and its neighbours."""
+        """(mu-hat, Delta_D(mu-hat x signal)), 0 <= mu-hat <= the training range's edge
+        along the signal: ``MU_GRID`` in one call, then a fine grid between the best
+        point's neighbours and the vertex of the parabola through the best of those and
+        its neighbours."""
         signal = np.asarray(signal, dtype=float)
-        grid = MU_GRID / max(float(np.sum(signal)), 1e-12)
+        filled = signal > 0
+        edge = float(np.min(self.max_events[filled] / signal[filled])) if np.any(filled) else 1.0
+        grid = MU_GRID * edge
         values = self.deltas(np.outer(grid, signal), columns=[column])[:, 0]
         i = int(np.argmax(values))
         mu_hat, best = float(grid[i]), float(values[i])
