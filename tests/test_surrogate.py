@@ -130,6 +130,31 @@ def test_gaussian_baseline_equals_pyhf_on_the_same_likelihood():
     assert not np.allclose(baseline.deltas(small)[0], first_order, rtol=1e-3, atol=1e-7)
 
 
+def test_gaussian_baseline_with_an_empty_bin_against_direct_minimisation():
+    """A bin with no background, no data and no signal (valid in pyhf) must not stall the
+    Newton steps: Delta against scipy's minimisation of the same objective."""
+    from scipy import optimize
+
+    from protomodels.statistics.surrogate_baseline import GaussianBaseline
+
+    background, data = np.array([10.0, 5.0, 0.0]), np.array([12.0, 4.0, 0.0])
+    modes = np.array([[1.5], [0.8], [0.0]])
+    baseline = GaussianBaseline([0, 1, 2], background, modes, [data], 0.0,
+                                precision=[[[1.0]]], linear=[[0.0]])
+
+    def minimum(signal):
+        def objective(theta):
+            lam = np.maximum(background + modes[:, 0] * theta[0] + signal, 1e-300)
+            return float(np.sum(lam - data * np.log(np.where(data > 0, lam, 1.0)))
+                         + theta[0] ** 2 / 2)
+        return optimize.minimize(objective, [0.0], method="Nelder-Mead",
+                                 options={"xatol": 1e-10, "fatol": 1e-12}).fun
+
+    signal = np.array([3.0, 1.0, 0.0])
+    assert baseline.deltas(signal[None])[0, 0] == pytest.approx(
+        minimum(np.zeros(3)) - minimum(signal), abs=1e-6)
+
+
 def test_asymptotic_cls_equals_pyhf_hypotest():
     """CLs from q~_mu and q_mu,A (pyhf's test statistics on the data and on the Asimov data
     of the background-only fit) equals pyhf's own asymptotic hypotest."""

@@ -16,7 +16,9 @@ its workspace file; a surrogate whose workspace changed is refused.
 From the network follow, per signal n (``WorkspaceSurrogate``):
 
 - nll(mu) = -Delta_obs(mu n), relative to mu = 0 (the combiner uses differences only);
-- CLs(mu): qtilde with mu-hat >= 0 from Delta_D and q_mu,A from Delta_{D,Asimov}
+- CLs(mu): qtilde with mu-hat in [0, the edge of the training range along n] from
+  Delta_D and q_mu,A from Delta_{D,Asimov} (whose mu-hat is 0: the Asimov data of the
+  background-only fit)
   (Cowan et al., arXiv:1007.1727, eqs. 16 and 66; pyhf's ``AsymptoticCalculator``:
   CLs+b = Phi(-(t + sqrt(q_A))), CLb = Phi(-t), t = sqrt(q) - sqrt(q_A) if
   sqrt(q) <= sqrt(q_A) else (q - q_A) / (2 sqrt(q_A)));
@@ -105,8 +107,8 @@ def train(source: data_mod.WorkspaceSource, samples: int, holdout: int, seed: in
     bins, x, y, seconds = data_mod.read_split(source, "train", seed, samples)
     _, x_hold, y_hold, _ = data_mod.read_split(source, "holdout",
                                                seed + data_mod.HOLDOUT_OFFSET, holdout)
-    if baseline is not None:
-        y = y - baseline.deltas(x)
+    if baseline is not None:  # in batches: (D, M, K, P) temporaries
+        y = y - np.concatenate([baseline.deltas(x[i:i + 256]) for i in range(0, len(x), 256)])
     y_mean, y_scale = y.mean(axis=0), y.std(axis=0) + 1e-12
     t0 = time.perf_counter()
     with threadpool_limits(1):
@@ -279,12 +281,12 @@ class WorkspaceSurrogate:
         """Asymptotic qtilde CLs of mu x signal (module docstring); ``expected``: the
         a-priori expected data set (background yields) instead of the observed one."""
         column = 1 if expected else 0
-        return self._cls(mu, signal, column, self._maximum(signal, column), ASIMOV_FIT)
+        return self._cls(mu, signal, column, self._maximum(signal, column))
 
-    def _cls(self, mu: float, signal: np.ndarray, column: int, fit: tuple,
-             fit_asimov: tuple) -> float:
-        """CLs of mu x signal given the maxima (mu-hat, Delta_D(mu-hat)) of the data set
-        (``_maximum``) and of its Asimov data set (``ASIMOV_FIT``)."""
+    def _cls(self, mu: float, signal: np.ndarray, column: int, fit: tuple) -> float:
+        """CLs of mu x signal given the data set's maximum (mu-hat, Delta_D(mu-hat))
+        (``_maximum``); on its Asimov data set the maximum is ``ASIMOV_FIT``."""
+        fit_asimov = ASIMOV_FIT
         d, d_asimov = self.deltas(mu * np.asarray(signal)[None], columns=[column, column + 2])[0]
         q = 0.0 if fit[0] > mu else max(0.0, 2.0 * (fit[1] - d))
         q_a = max(0.0, 2.0 * (fit_asimov[1] - d_asimov))
@@ -301,17 +303,22 @@ class WorkspaceSurrogate:
         grid = MU_GRID * edge
         values = self.deltas(np.outer(grid, signal), columns=[column])[:, 0]
         i = int(np.argmax(values))
-        mu_hat, best = float(grid[i]), float(values[i])
-        if 0 < i < len(grid) - 1:
-            mus = np.linspace(grid[i - 1], grid[i + 1], POLISH_POINTS)
-            values = self.deltas(np.outer(mus, signal), columns=[column])[:, 0]
-            j = int(np.argmax(values))
-            mu_hat, best = float(mus[j]), max(best, float(values[j]))
-            if 0 < j < len(mus) - 1:
-                y0, y1, y2 = values[j - 1], values[j], values[j + 1]
-                curvature = y0 - 2 * y1 + y2
-                if curvature < 0:
-                    best = max(best, float(y1 - (y2 - y0) ** 2 / (8 * curvature)))
+        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+        mus = np.unique(np.concatenate([np.linspace(lo, hi, POLISH_POINTS), [grid[i]]]))
+        values = self.deltas(np.outer(mus, signal), columns=[column])[:, 0]
+        j = int(np.argmax(values))
+        mu_hat, best = float(mus[j]), float(values[j])
+        if 0 < j < len(mus) - 1:
+            (x0, x1, x2), (y0, y1, y2) = mus[j - 1:j + 2], values[j - 1:j + 2]
+            # the vertex of the parabola through the three points
+            numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+            denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+            if denominator != 0:
+                vertex = float(x1 - 0.5 * numerator / denominator)
+                if x0 < vertex < x2:
+                    value = float(self.deltas(vertex * signal[None], columns=[column])[0, 0])
+                    if value > best:
+                        mu_hat, best = vertex, value
         return mu_hat, best
 
     def upper_limit(self, signal: np.ndarray, expected: bool = False,
@@ -328,7 +335,7 @@ class WorkspaceSurrogate:
 
         def excess(mu: float) -> float:
             if mu not in known:  # the bracket's ends come back in brentq
-                known[mu] = self._cls(mu, signal, column, fit, ASIMOV_FIT) - alpha
+                known[mu] = self._cls(mu, signal, column, fit) - alpha
             return known[mu]
 
         lo, hi = 1e-6, 1.0

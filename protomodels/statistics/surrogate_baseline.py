@@ -86,17 +86,20 @@ class GaussianBaseline:
         self.background = np.array(np.broadcast_to(np.asarray(self.background, dtype=float),
                                                    self.data.shape))
         self.modes = np.asarray(self.modes, dtype=float).reshape(self.data.shape[1], -1)
-        self.bins = self.data.shape[1]
+        self.size = self.data.shape[1]  # K, the bins
+        count = self.modes.shape[1]
         if self.precision is None or self.linear is None:
             self.precision, self.linear = self._consistent()
-        self.precision = np.asarray(self.precision, dtype=float)
-        self.linear = np.asarray(self.linear, dtype=float)
+        precision = np.asarray(self.precision, dtype=float).reshape(len(self.data), count, count)
+        self.precision = 0.5 * (precision + np.swapaxes(precision, 1, 2))
+        self.linear = np.asarray(self.linear, dtype=float).reshape(len(self.data), count)
         # ln d! and the like cancel in Delta; -ln L at n = 0, per data set
-        self.reference = self._minimum(np.zeros((1, self.bins)), range(len(self.data)))[:, 0]
+        self.reference = self._minimum(np.zeros((1, self.size)), range(len(self.data)))[:, 0]
 
     def _consistent(self):
-        """A_D and a_D (module docstring): theta = 0 the minimum at n = 0, the post-fit
-        covariance its inverse Hessian; A_D's eigenvalues floored at ``PRECISION_FLOOR``."""
+        """A_D and a_D (module docstring): theta = 0 the minimum at n = 0, and the post-fit
+        covariance its inverse Hessian unless an eigenvalue of A_D had to be raised to
+        ``PRECISION_FLOOR`` (the linear propagation is not exact)."""
         count = self.modes.shape[1]
         precision = np.empty((len(self.data), count, count))
         linear = np.empty((len(self.data), count))
@@ -153,6 +156,9 @@ class GaussianBaseline:
             except Exception as error:
                 raise WorkspaceError(f"{label}: the background-only fit failed "
                                      f"({type(error).__name__}: {str(error)[:200]})") from None
+            if not minimum.minuit.valid or minimum.hess_inv is None:
+                raise WorkspaceError(f"{label}: the background-only fit did not converge "
+                                     f"(MINUIT: edm {minimum.minuit.fmin.edm:.3g})")
             best = np.asarray(result[:, 0], dtype=float)
             covariance = bin_covariance(fit.model, best, np.asarray(minimum.hess_inv, dtype=float),
                                         label)
@@ -199,6 +205,8 @@ class GaussianBaseline:
         def rates(parameters: np.ndarray) -> np.ndarray:
             return base + (parameters[..., None, :] @ transposed)[..., 0, :]
 
+        # a bin with data needs a positive rate; one without, a non-negative one (xlogy)
+        floor = np.where(d > 0, TINY, 0.0)
         lam = np.maximum(base, TINY)
         for _ in range(NEWTON_STEPS):
             ratio = d / lam
@@ -207,15 +215,18 @@ class GaussianBaseline:
             hessian = (transposed * (ratio / lam)[..., None, :]) @ jacobian + precision
             step = np.linalg.solve(hessian, gradient[..., None])[..., 0]
             scale = np.ones(phi.shape[:2] + (1,))
-            for _ in range(40):  # halve the step where it would leave lambda > 0
+            for _ in range(40):  # halve the step where a rate would leave its domain
                 trial = rates(phi - scale * step)
-                bad = np.min(trial, axis=2) <= 0
+                bad = np.any(trial < floor, axis=2)
                 if not np.any(bad):
                     break
                 scale = np.where(bad[..., None], 0.5 * scale, scale)
+            else:  # rows that found no admissible step stay where they are
+                scale = np.where(bad[..., None], 0.0, scale)
+                trial = rates(phi - scale * step)
             phi = phi - scale * step
             lam = np.maximum(trial, TINY)
-            if np.max(np.abs(scale * step)) < NEWTON_TOLERANCE:
+            if np.max(np.abs(step)) < NEWTON_TOLERANCE:
                 break
         quadratic = 0.5 * np.sum(phi * (precision @ phi[..., None])[..., 0], axis=2)
         return np.sum(lam - d * np.log(lam), axis=2) + quadratic + np.sum(linear * phi, axis=2)
@@ -225,6 +236,8 @@ class GaussianBaseline:
         ``columns`` (all when None), shape (M, len(columns))."""
         columns = list(range(len(self.data))) if columns is None else list(columns)
         signals = np.atleast_2d(np.asarray(signals, dtype=float))
-        bins = np.zeros((len(signals), self.bins))
+        if not len(signals):
+            return np.zeros((0, len(columns)))
+        bins = np.zeros((len(signals), self.size))
         bins[:, self.positions] = signals
         return (self.reference[columns, None] - self._minimum(bins, columns)).T

@@ -338,6 +338,7 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
     wanted = [("train", seed, i) for i in range(-(-samples // CHUNK))]
     wanted += [("holdout", seed + HOLDOUT_OFFSET, i) for i in range(-(-holdout // CHUNK))]
     todo = [w for w in wanted if not chunk_path(source, *w).is_file()]
+    fitted = baseline(database, expresult, source, backend)  # fails before hours of fits
     logger.info("%s %s: %d of %d chunks of %d samples to compute", analysis,
                 source.file_name, len(todo), len(wanted), CHUNK)
     t0 = time.perf_counter()
@@ -366,4 +367,4 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                 progress(n, len(todo))
     seconds = time.perf_counter() - t0
     return {"source": source, "computed": len(todo), "chunks": len(wanted), "seconds": seconds,
-            "baseline": baseline(database, expresult, source, backend)}
+            "baseline": fitted}
