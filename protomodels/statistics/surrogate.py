@@ -61,10 +61,14 @@ DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
 LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
-#: the mu-hat search: this grid times the largest mu whose signal stays in the training
-#: range (beyond it the network extrapolates, and a spurious maximum there would make
-#: every limit below it infinite), then polished
+#: the mu-hat search: this grid times EDGE_FACTOR times the largest mu whose signal stays
+#: in the training range (far beyond it the network extrapolates, and a spurious maximum
+#: there would make every limit below it infinite), then polished
 MU_GRID = np.concatenate([[0.0], np.geomspace(1e-5, 1.0, 16)])
+#: how far beyond the training range's edge along the signal mu-hat may lie: a held-out
+#: EWKinos signal with a large excess had its maximum at 1.9x the edge (capping it there
+#: made the limit 2.2x too large), a spurious one of 2018-04 at about 20x
+EDGE_FACTOR = 3.0
 POLISH_POINTS = 9
 #: (mu-hat, Delta) of the Asimov data of a background-only fit: mu-hat = 0 by construction
 #: (Cowan et al., arXiv:1007.1727, section 5), where Delta = 0 exactly
@@ -293,14 +297,14 @@ class WorkspaceSurrogate:
         return asymptotic_cls(q, q_a)
 
     def _maximum(self, signal: np.ndarray, column: int) -> tuple:
-        """(mu-hat, Delta_D(mu-hat x signal)), 0 <= mu-hat <= the training range's edge
-        along the signal: ``MU_GRID`` in one call, then a fine grid between the best
+        """(mu-hat, Delta_D(mu-hat x signal)), 0 <= mu-hat <= ``EDGE_FACTOR`` x the
+        training range's edge along the signal: ``MU_GRID`` in one call, then a fine grid between the best
         point's neighbours and the vertex of the parabola through the best of those and
         its neighbours."""
         signal = np.asarray(signal, dtype=float)
         filled = signal > 0
         edge = float(np.min(self.max_events[filled] / signal[filled])) if np.any(filled) else 1.0
-        grid = MU_GRID * edge
+        grid = MU_GRID * EDGE_FACTOR * edge
         values = self.deltas(np.outer(grid, signal), columns=[column])[:, 0]
         i = int(np.argmax(values))
         lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
