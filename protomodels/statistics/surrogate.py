@@ -290,10 +290,9 @@ class WorkspaceSurrogate:
     def _cls(self, mu: float, signal: np.ndarray, column: int, fit: tuple) -> float:
         """CLs of mu x signal given the data set's maximum (mu-hat, Delta_D(mu-hat))
         (``_maximum``); on its Asimov data set the maximum is ``ASIMOV_FIT``."""
-        fit_asimov = ASIMOV_FIT
         d, d_asimov = self.deltas(mu * np.asarray(signal)[None], columns=[column, column + 2])[0]
         q = 0.0 if fit[0] > mu else max(0.0, 2.0 * (fit[1] - d))
-        q_a = max(0.0, 2.0 * (fit_asimov[1] - d_asimov))
+        q_a = max(0.0, 2.0 * (ASIMOV_FIT[1] - d_asimov))
         return asymptotic_cls(q, q_a)
 
     def _maximum(self, signal: np.ndarray, column: int) -> tuple:

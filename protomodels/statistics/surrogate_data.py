@@ -355,12 +355,7 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                     progress(n, len(todo))
         finally:
             disconnect(closers)
-    else:
-        from .validation import pyhf_backend
-
-        if todo:
-            with pyhf_backend(backend):
-                _prepare((database, analysis, source.file_name, backend), expresult, source)
+    else:  # this process' generator was built by ``baseline`` above
         for n, (split, s, i) in enumerate(todo, 1):
             chunk_task(database, analysis, source.file_name, split, s, i, backend)
             if progress:
