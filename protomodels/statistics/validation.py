@@ -235,7 +235,7 @@ def evaluate_signal(info, file_name: str, workspace: Dict[str, Any],
 
 
 #: Bumped whenever the evaluation of a validation signal changes: older records are not used.
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: the two sides recorded apart
 
 
 def _digest(value: Any) -> str:
@@ -252,21 +252,18 @@ def _inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]
                     "signalUncertainty": getattr(info, "signalUncertainty", None)})
 
 
-def _signal_key(analysis: str, simple_inputs: str, full_inputs: str,
-                signal: Dict[str, float], backend: str) -> str:
-    """What a validation signal's outcome depends on, as a sha256 hex digest: both
-    workspaces' inputs (``_inputs_digest``), the signal, the backend (with jax, the full
-    workspace's evaluator, ``fixed_signal``), the pyhf and SModelS versions and
-    ``RECORD_VERSION``."""
+def _signal_key(analysis: str, inputs: str, signal: Dict[str, float], evaluator: str) -> str:
+    """What one side's outcome for a validation signal depends on, as a sha256 hex digest:
+    that workspace's inputs (``_inputs_digest``), the signal, the evaluator (SModelS' pyhf
+    interface with numpy, or ``fixed_signal`` with jax), the pyhf and SModelS versions and
+    ``RECORD_VERSION``.  The two sides are keyed apart, so that a rebuilt simplified
+    workspace reuses the full workspace's (costly) outcomes."""
     import pyhf
     from smodels import installation
 
-    inputs = {"analysis": analysis, "simplified": simple_inputs, "full": full_inputs,
-              "signal": signal, "backend": backend, "pyhf": pyhf.__version__,
-              "smodels": installation.version(), "record": RECORD_VERSION}
-    if backend == "jax":
-        inputs["full_evaluator"] = "fixed_signal/1"
-    return _digest(inputs)
+    return _digest({"analysis": analysis, "inputs": inputs, "signal": signal,
+                    "evaluator": evaluator, "pyhf": pyhf.__version__,
+                    "smodels": installation.version(), "record": RECORD_VERSION})
 
 
 _FULL_EVALUATORS: Dict[Tuple[str, str], Any] = {}
@@ -321,21 +318,30 @@ def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: st
                    full_regions, signal: Dict[str, float], backend: str,
                    records: Dict[str, Dict[str, Any]], record_file: Path,
                    digests: Tuple[str, str]) -> Dict[str, Any]:
-    """One signal on the simplified and the full workspace, from the record if present
-    (``digests``: both workspaces' ``_inputs_digest``, computed once per file)."""
-    key = _signal_key(info.id, *digests, signal, backend)
-    if key in records:
-        return records[key]
-    simple = evaluate_signal(info, name, simple_ws, regions, signal)
-    with pyhf_backend(backend):
-        if backend == "jax":
-            full = full_evaluator(full_info, full_name, full_ws, full_regions).evaluate(signal)
+    """One signal on the simplified and the full workspace, each side from its record if
+    present (``digests``: both workspaces' ``_inputs_digest``, computed once per file)."""
+    full_evaluator_name = "fixed_signal/1 jax" if backend == "jax" else f"smodels {backend}"
+    keys = {"simplified": _signal_key(info.id, digests[0], signal, "smodels numpy"),
+            "full": _signal_key(info.id, digests[1], signal, full_evaluator_name)}
+    outcome = {}
+    for side, key in keys.items():
+        if key in records:
+            outcome[side] = records[key]["outcome"]
+            continue
+        if side == "simplified":
+            value = evaluate_signal(info, name, simple_ws, regions, signal)
         else:
-            full = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
-    record = {"key": key, "simplified": _plain(simple), "full": _plain(full)}
-    _append_record(record_file, record)
-    records[key] = record
-    return record
+            with pyhf_backend(backend):
+                if backend == "jax":
+                    value = full_evaluator(full_info, full_name, full_ws,
+                                           full_regions).evaluate(signal)
+                else:
+                    value = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
+        record = {"key": key, "side": side, "outcome": _plain(value)}
+        _append_record(record_file, record)
+        records[key] = record
+        outcome[side] = record["outcome"]
+    return outcome
 
 
 def _plain(outcome: Dict[str, Any]) -> Dict[str, Any]:

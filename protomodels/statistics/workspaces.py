@@ -170,7 +170,8 @@ def _candidate(info, mode: str, default: Tuple[Dict[str, Any], List[Dict[str, An
             provenance.append(None)
             continue
         try:
-            record = simplified.cached(folder / name, analysis=info.id)
+            record = simplified.cached(folder / name, analysis=info.id,
+                                       modes=simplified.CORRELATED_MODES)
         except WorkspaceError as error:
             logger.warning("%s: %s; the full workspace is used instead", info.id, error)
             notes.append(f"{name}: simplification failed, full workspace used")
