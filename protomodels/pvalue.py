@@ -20,7 +20,7 @@ import numpy as np
 from .atomic import read_json_record, write_json_atomic
 from .exceptions import RunError
 from .progress import progress_bar
-from .runs import legacy_config, read_run, run_steps, statistical_model
+from .runs import legacy_config, read_run, run_steps
 from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD
 
@@ -53,7 +53,6 @@ def run_summary(run_dir: str | Path) -> Dict[str, Any]:
     return {"run": str(run_dir), "best_K": float(best["K"]), "steps_done": done,
             "particles": sorted(best["model"]["masses"]),
             "masses": best["model"]["masses"], "config": config,
-            "statistical_model": statistical_model(run),
             "fake": run.get("versions", {}).get("database_fake")}
 
 
@@ -103,10 +102,11 @@ def compare_runs(real_run: str | Path, fake_runs: Sequence[str | Path]) -> Dict[
     real = run_summary(real_run)
     fakes = [run_summary(f) for f in fake_runs]
     for fake in fakes:  # K of different statistical models are not comparable at all
-        if fake["statistical_model"] != real["statistical_model"]:
-            raise RunError(f"{fake['run']}/run.json: made with the {fake['statistical_model']}, "
-                           f"but {real['run']} with the {real['statistical_model']}; p-values "
-                           "compare runs of one likelihood")
+        if fake["config"]["likelihood"] != real["config"]["likelihood"]:
+            raise RunError(f"{fake['run']}/run.json: field 'config.likelihood' is "
+                           f"{fake['config']['likelihood']!r}, but {real['run']} used "
+                           f"{real['config']['likelihood']!r}; p-values compare runs of one "
+                           "likelihood")
     warnings: List[str] = []
     if real["fake"]:
         warnings.append(f"{real['run']} ran on a fake database ({real['fake']['record']})")

@@ -463,18 +463,6 @@ def legacy_config(config: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
-def statistical_model(record: Dict[str, Any]) -> str:
-    """What a run's K values were computed with, from its run.json ``record``: the
-    likelihood setting and, for "simplified" and "surrogate" (whose fallback is the
-    simplified likelihoods), the version of protomodels' simplified likelihoods
-    (``workspaces.SIMPLIFIED_VERSION``; runs that recorded none: 1)."""
-    mode = legacy_config(dict(record["config"]))["likelihood"]
-    if mode == "full":
-        return mode
-    version = (record.get("versions") or {}).get("simplified_likelihoods") or 1
-    return f"{mode} (simplified likelihoods version {version})"
-
-
 def ladder_of(config: "WalkConfig") -> Ladder:
     """The run's ladder; ``RunError`` for temperatures that are not ascending."""
     try:
@@ -538,9 +526,7 @@ def _versions(db, screened: bool) -> Dict[str, Any]:
     from smodels import installation
     from . import __version__
     from .screening import sklearn_version
-    from .statistics.workspaces import SIMPLIFIED_VERSION
     return {"protomodels": __version__, "smodels": installation.version(),
-            "simplified_likelihoods": SIMPLIFIED_VERSION,
             "scikit-learn": sklearn_version() if screened else None,
             "database": db.version if db else None, "database_sha256": db.sha256 if db else None,
             "database_path": db.path if db else None,
@@ -688,19 +674,6 @@ def walk(config: WalkConfig, resume: bool = False, score_factory=None,
         return _walk(config, out, resume, score_factory, runner or LocalRunner())
 
 
-def _check_statistical_model(stored: Dict[str, Any], run_json: Path) -> None:
-    """A resumed run keeps its target: ``RunError`` when this version would compute its
-    K with other simplified likelihoods than those it was made with."""
-    from .statistics.workspaces import SIMPLIFIED_VERSION
-
-    made, now = statistical_model(stored), statistical_model(
-        {"config": stored["config"], "versions": {"simplified_likelihoods": SIMPLIFIED_VERSION}})
-    if made != now:
-        raise RunError(f"{run_json}: made with the {made}, this protomodels computes K with "
-                       f"the {now}: resuming would change the chains' target mid-run; start "
-                       "a new run (`protomodels rescore` re-scores its hiscores)")
-
-
 def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
           runner: "Runner") -> Dict[str, Any]:
     """``walk`` while this process is the run's sole writer."""
@@ -713,7 +686,6 @@ def _walk(config: WalkConfig, out: Path, resume: bool, score_factory,
                            LEGACY_LIKELIHOOD)
         config = WalkConfig(**legacy_config(stored["config"]))
         config.steps, config.processes = steps, processes
-        _check_statistical_model(stored, run_json)
     elif run_json.exists():
         raise RunError(f"{out}: a run already exists there; use --resume or another --out")
     ladder = ladder_of(config)

@@ -44,11 +44,6 @@ from . import simplified
 logger = logging.getLogger(__name__)
 
 LIKELIHOODS = ("simplified", "full", "surrogate")
-#: Version of the simplified likelihoods (recorded in run.json: a run is resumed, and
-#: compared by ``pvalue``, only with the version it was made with).  1: ATLAS' published
-#: simplified workspaces where the database has them, ours in ATLAS' one-parameter layout
-#: for ATLAS-SUSY-2018-04 and -16; 2: ours in the correlated layout from every full workspace.
-SIMPLIFIED_VERSION = 2
 DEFAULT_LIKELIHOOD = "simplified"
 _DEFAULT = "_protomodels_default_workspaces"  # (jsonFiles, jsons) as loaded
 CHOICE = "_protomodels_workspaces"  # the WorkspaceChoice in use
@@ -148,51 +143,27 @@ def _candidate(info, mode: str, default: Tuple[Dict[str, Any], List[Dict[str, An
             kinds = [FULL if simplified.is_full(w) else AS_SHIPPED for w in jsons]
             note = "" if all(k == FULL for k in kinds) else "no full workspace in the database"
             return copy.deepcopy(files), jsons, kinds, note, [None] * len(jsons)
-        missing = [name for name in full_files if not (folder / name).is_file()]
+        loaded, missing = [], []
+        for name in full_files:
+            path = folder / name
+            if not path.is_file():
+                missing.append(name)
+                continue
+            try:
+                loaded.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as error:
+                raise WorkspaceError(f"{info.id}: cannot read {path} ({error})") from None
         if missing:
             note = f"full workspace {', '.join(missing)} not in the database; ATLAS' simplified used"
             return copy.deepcopy(files), jsons, [ATLAS_SIMPLIFIED] * len(jsons), note, [None] * len(jsons)
-        loaded = [_read(info.id, folder / name) for name in full_files]
         kinds = [FULL if simplified.is_full(w) else AS_SHIPPED for w in loaded]
         return full_files, loaded, kinds, "", [None] * len(loaded)
-    # simplified: ours, from every full workspace the database has
+    # simplified
     if full_files is not None:
-        if any(not (folder / name).is_file() for name in full_files):
-            note = "full workspace not in the database; ATLAS' simplified used"
-            kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
-            return copy.deepcopy(files), jsons, kinds, note, [None] * len(jsons)
-        try:
-            loaded = [_read(info.id, folder / name) for name in full_files]
-            new_jsons, kinds, provenance = _ours(info, list(full_files), loaded, folder,
-                                                 strict=True)
-        except WorkspaceError as error:
-            logger.warning("%s: %s; ATLAS' simplified workspaces are used instead",
-                           info.id, error)
-            kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
-            return (copy.deepcopy(files), jsons, kinds,
-                    "our simplification failed, ATLAS' simplified used", [None] * len(jsons))
-        return copy.deepcopy(full_files), new_jsons, kinds, "", provenance
-    new_jsons, kinds, provenance = _ours(info, list(files), jsons, folder, strict=False)
-    notes = [f"{name}: simplification failed, full workspace used"
-             for name, kind in zip(files, kinds) if kind == FULL]
-    return copy.deepcopy(files), new_jsons, kinds, "; ".join(notes), provenance
-
-
-def _read(analysis: str, path: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WorkspaceError(f"{analysis}: cannot read {path} ({error})") from None
-
-
-def _ours(info, names: List[str], jsons: List[Dict[str, Any]], folder: Path, strict: bool
-          ) -> Tuple[List[Dict[str, Any]], List[str], List[Optional[Dict[str, Any]]]]:
-    """(workspaces, kinds, provenance): our simplified workspace (correlated layout,
-    ``simplified.cached``) for each full one among ``jsons`` (files ``names`` in
-    ``folder``), the others as shipped.  A workspace that cannot be simplified raises
-    ``WorkspaceError`` when ``strict``, else keeps its full version with a warning."""
-    new_jsons, kinds, provenance = [], [], []
-    for name, workspace in zip(names, jsons):
+        kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
+        return copy.deepcopy(files), jsons, kinds, "", [None] * len(jsons)
+    new_jsons, kinds, provenance, notes = [], [], [], []
+    for name, workspace in zip(files, jsons):
         if not simplified.is_full(workspace):
             new_jsons.append(workspace)
             kinds.append(AS_SHIPPED)
@@ -202,9 +173,8 @@ def _ours(info, names: List[str], jsons: List[Dict[str, Any]], folder: Path, str
             record = simplified.cached(folder / name, analysis=info.id,
                                        modes=simplified.CORRELATED_MODES)
         except WorkspaceError as error:
-            if strict:
-                raise
             logger.warning("%s: %s; the full workspace is used instead", info.id, error)
+            notes.append(f"{name}: simplification failed, full workspace used")
             new_jsons.append(workspace)
             kinds.append(FULL)
             provenance.append(None)
@@ -212,7 +182,7 @@ def _ours(info, names: List[str], jsons: List[Dict[str, Any]], folder: Path, str
         new_jsons.append(record["workspace"])
         kinds.append(OUR_SIMPLIFIED)
         provenance.append(record["provenance"])
-    return new_jsons, kinds, provenance
+    return copy.deepcopy(files), new_jsons, kinds, "; ".join(notes), provenance
 
 
 def use_likelihood(db, mode: str = DEFAULT_LIKELIHOOD) -> Dict[str, WorkspaceChoice]:
