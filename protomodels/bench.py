@@ -203,8 +203,7 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
             full = json.loads((folder / name).read_text())
             if not simplified.is_full(full):
                 continue
-            simple = simplified.cached(folder / name, analysis=info.id,
-                                       modes=simplified.CORRELATED_MODES)["workspace"]
+            simple = simplified.cached(folder / name, analysis=info.id)["workspace"]
             srs = [r["smodels"] for r in regions if r.get("smodels") and r.get("type", "SR") == "SR"]
             signal = {r: signal_events / len(srs) for r in srs}
             row: Dict[str, Any] = {"analysis": info.id, "file": name}

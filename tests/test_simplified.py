@@ -139,6 +139,14 @@ def test_each_likelihood_uses_its_workspaces(both):
     assert full.kinds == [workspaces.FULL] * 3
     assert simple.files == ["simplifiedA.json", "simplifiedB.json", "simplifiedC.json"]
     assert simple.kinds == [workspaces.ATLAS_SIMPLIFIED] * 3
+    # correlated: ours, built from ATLAS' full workspaces in the correlated layout
+    correlated = both["correlated"].likelihoods["ATLAS-SUSY-2018-31"]
+    assert correlated.files == full.files
+    assert correlated.kinds == [workspaces.OUR_CORRELATED] * 3
+    assert [p["modes"] for p in correlated.provenance] == [simplified.CORRELATED_MODES] * 3
+    info = next(er.globalInfo for er in both["correlated"].results
+                if hasattr(er.globalInfo, "jsonFiles"))
+    assert not any(simplified.is_full(w) for w in info.jsons)
     # the same channel and bin for every signal region (the mapping SModelS uses)
     bins = {mode: workspaces.signal_region_bins(info.jsonFiles, info.jsons)
             for mode, db in both.items() for info in [next(er.globalInfo for er in db.results
