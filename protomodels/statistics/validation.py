@@ -299,6 +299,7 @@ def full_evaluator(info, file_name: str, workspace: Dict[str, Any],
 
 
 def _record_file(analysis: str, file_name: str) -> Path:
+    """Where a full workspace's validation outcomes (both sides) are kept."""
     from ..database import cache_dir
 
     return cache_dir() / "simplified" / "validation" / f"{analysis}-{Path(file_name).stem}.jsonl"
@@ -395,7 +396,7 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             costly = fit_seconds > COSTLY_FIT_SECONDS
             wanted = costly_signals if costly else signals
             table = []
-            record_file = _record_file(info.id, name)
+            record_file = _record_file(info.id, full_name)  # shared by both likelihoods
             records = _read_records(record_file)
             digests = (_inputs_digest(info, info.jsons[index], regions),
                        _inputs_digest(full_info, full_info.jsons[index], full_regions))
