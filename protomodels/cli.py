@@ -238,7 +238,8 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
 @click.option("--costly-signals", type=click.IntRange(min=0), default=5, show_default=True,
               help="With --validate: signals for workspaces whose full fit takes over 10 s.")
 @click.option("--only", default="*", metavar="PATTERN",
-              help="With --validate: comma-separated shell patterns on analysis ids.")
+              help="With --validate: comma-separated shell patterns on analysis ids, or on "
+                   "ANALYSIS/FILE for single workspaces.")
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
               help="With --validate: pyhf backend of the full-likelihood evaluations (jax: "
                    "exact gradients, much faster for the large workspaces; needs jax).")

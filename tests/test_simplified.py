@@ -429,3 +429,14 @@ def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
     with open(record_file, "a") as stream:
         stream.write('{"key": "cut')
     assert len(validation._read_records(record_file)) == 5
+
+
+def test_validation_selects_analyses_or_single_workspaces():
+    from protomodels.statistics.validation import _selects
+
+    files = ("simplifiedC.json", "BkgOnlyC.json")
+    assert _selects("ATLAS-SUSY-2018-3*", "ATLAS-SUSY-2018-31", files)
+    assert _selects("ATLAS-SUSY-2018-31/BkgOnlyC*", "ATLAS-SUSY-2018-31", files)
+    assert _selects("ATLAS-SUSY-2018-31/simplifiedC.json", "ATLAS-SUSY-2018-31", files)
+    assert not _selects("ATLAS-SUSY-2018-31/BkgOnlyA*", "ATLAS-SUSY-2018-31", files)
+    assert not _selects("ATLAS-SUSY-2018-16", "ATLAS-SUSY-2018-31", files)

@@ -377,7 +377,7 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
         full_chosen = db_full.likelihoods.get(info.id)
         if chosen is None or full_chosen is None or not hasattr(info, "jsonFiles"):
             continue
-        if not any(fnmatch.fnmatchcase(info.id, p) for p in patterns):
+        if not any(fnmatch.fnmatchcase(info.id, p.split("/")[0]) for p in patterns):
             continue
         full_info = full_results[info.id].globalInfo
         for index, (name, kind) in enumerate(zip(chosen.files, chosen.kinds)):
@@ -387,6 +387,8 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             if full_chosen.kinds[index] != "full":
                 continue
             full_name = full_chosen.files[index]
+            if not any(_selects(p, info.id, (name, full_name)) for p in patterns):
+                continue
             regions = info.jsonFiles[name]
             full_regions = full_info.jsonFiles[full_name]
             srs = [r["smodels"] for r in regions if r.get("smodels") and r.get("type", "SR") == "SR"]
@@ -420,6 +422,14 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
                          "full_fit_seconds": round(fit_seconds, 2),
                          "signals": table, **_validity_summary(table)})
     return rows
+
+
+def _selects(pattern: str, analysis: str, files: Sequence[str]) -> bool:
+    """Does ``pattern`` ('ANALYSIS' or 'ANALYSIS/FILE', shell patterns) select a workspace
+    of ``analysis`` named ``files`` (its simplified and full file)?"""
+    if "/" not in pattern:
+        return fnmatch.fnmatchcase(analysis, pattern)
+    return any(fnmatch.fnmatchcase(f"{analysis}/{name}", pattern) for name in files)
 
 
 def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
