@@ -181,9 +181,9 @@ def _percentiles(values: List[float]) -> Dict[str, float]:
 def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "ATLAS-SUSY-2018-04"),
                    signal_events: float = 10.0, mu: float = 1.0) -> List[Dict[str, Any]]:
     """(d): seconds of one observed CLs evaluation (SModelS' pyhf interface, numpy backend,
-    its scipy optimiser) of each workspace of the matching pyhf results, full, simplified
-    (ATLAS' layout) and correlated (``simplified.CORRELATED_MODES``), for the same signal
-    (``signal_events`` spread evenly over the signal regions)."""
+    its scipy optimiser) of each workspace of the matching pyhf results, full and
+    simplified, for the same signal (``signal_events`` spread evenly over the signal
+    regions)."""
     import fnmatch
     import json
     from pathlib import Path
@@ -204,22 +204,18 @@ def pyhf_cls_times(db: ExperimentalDatabase, patterns=("ATLAS-SUSY-2018-16", "AT
             if not simplified.is_full(full):
                 continue
             simple = simplified.cached(folder / name, analysis=info.id)["workspace"]
-            correlated = simplified.cached(folder / name, analysis=info.id,
-                                           modes=simplified.CORRELATED_MODES)["workspace"]
             srs = [r["smodels"] for r in regions if r.get("smodels") and r.get("type", "SR") == "SR"]
             signal = {r: signal_events / len(srs) for r in srs}
             row: Dict[str, Any] = {"analysis": info.id, "file": name}
-            for label, workspace in (("simplified", simple), ("correlated", correlated),
-                                     ("full", full)):
+            for label, workspace in (("simplified", simple), ("full", full)):
                 computer = workspace_computer(info, name, workspace, regions, signal)
                 t0 = time.perf_counter()
                 cls = computer.CLs(mu, observed)
                 row[f"{label}_s"] = time.perf_counter() - t0
                 row[f"{label}_cls"] = float(np.ravel(cls)[0]) if cls is not None else None
             row["speedup"] = row["full_s"] / row["simplified_s"]
-            row["correlated_speedup"] = row["full_s"] / row["correlated_s"]
-            logger.info("CLs of %s %s: full %.1f s, simplified %.2f s, correlated %.2f s",
-                        info.id, name, row["full_s"], row["simplified_s"], row["correlated_s"])
+            logger.info("CLs of %s %s: full %.1f s, simplified %.2f s", info.id, name,
+                        row["full_s"], row["simplified_s"])
             rows.append(row)
     return rows
 
@@ -471,9 +467,7 @@ def format_report(result: Dict[str, Any]) -> str:
                  f"{mem['total_mb']:.0f} MB (shared parent + private pages)")
     for row in result.get("d_pyhf_cls", []):
         lines.append(f"(d) one CLs, {row['analysis']} {row['file']}: full {row['full_s']:.1f} s, "
-                     f"simplified {row['simplified_s']:.2f} s ({row['speedup']:.0f}x)"
-                     + (f", correlated {row['correlated_s']:.2f} s "
-                        f"({row['correlated_speedup']:.0f}x)" if "correlated_s" in row else ""))
+                     f"simplified {row['simplified_s']:.2f} s ({row['speedup']:.0f}x)")
     e = result.get("e_likelihoods") or {}
     if e.get("modes"):
         lines.append(f"(e) K of {e['models']} models on {', '.join(e['analyses'])} alone, cold:")

@@ -243,27 +243,21 @@ def info(database_path: Optional[str], as_json: bool, output_file: Optional[str]
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="numpy", show_default=True,
               help="With --validate: pyhf backend of the full-likelihood evaluations (jax: "
                    "exact gradients, much faster for the large workspaces; needs jax).")
-@click.option("--likelihood", type=click.Choice(["simplified", "correlated"]),
-              default="simplified", show_default=True,
-              help="Which simplified likelihoods to build and validate: ATLAS' layout (one "
-                   "nuisance parameter) or the correlated one.")
 @click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('simplify')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
 def simplify(database_path: Optional[str], validate: bool, signals: int, costly_signals: int,
-             only: str, backend: str, likelihood: str, as_json: bool,
-             output_file: Optional[str]) -> None:
+             only: str, backend: str, as_json: bool, output_file: Optional[str]) -> None:
     """Build (once, cached) the simplified likelihood of every full pyhf workspace that
     has no published simplified version (ATL-PHYS-PUB-2021-038), and list what each pyhf
     result uses."""
     from .statistics import validation
 
-    report = validation.simplify_database(database_path, likelihood)
+    report = validation.simplify_database(database_path)
     if validate:
         report["validation"] = validation.validate(
             database_path, signals=signals, costly_signals=costly_signals,
-            patterns=tuple(p.strip() for p in only.split(",")), backend=backend,
-            likelihood=likelihood)
+            patterns=tuple(p.strip() for p in only.split(",")), backend=backend)
     _emit(json.dumps(report, indent=2, sort_keys=True) + "\n" if as_json
           else validation.format_report(report), output_file)
 

@@ -58,46 +58,6 @@ def test_builder_reproduces_atlas_simplified_workspace(subset_dir, letter):
     assert built.fit["valid"] and built.fit["parameters"] > 50
 
 
-def test_correlated_layout_reproduces_the_full_post_fit_state(subset_dir):
-    """The correlated layout (all modes of ATLAS' full BkgOnlyA kept): a background-only
-    MINUIT fit of the simplified workspace, propagated as for the full one, gives the full
-    workspace's post-fit yields, uncertainties and correlations of all bins (ATLAS' single
-    parameter makes every correlation 1)."""
-    from pyhf import Workspace
-    from pyhf.infer.mle import fit
-
-    full = json.loads((subset_dir / RESULT / "BkgOnlyA.json").read_text())
-    built = simplified.build(full, name="BkgOnlyA", modes=30)
-    workspace = built.workspace
-    names = [m["name"] for m in workspace["channels"][0]["samples"][0]["modifiers"]]
-    bins = len(built.yields)
-    assert names == [f"bkgMode{k + 1}" for k in range(bins)]  # at most one mode per bin
-    auxdata = {p["name"]: p.get("auxdata") for p in workspace["measurements"][0]["config"]["parameters"]}
-    assert set(auxdata) == {"lumi", *names} and all(len(auxdata[n]) == 1 for n in names)
-    assert workspace["observations"] == full["observations"]
-
-    def post_fit(spec):
-        with warnings.catch_warnings(), simplified.minuit_backend():
-            warnings.simplefilter("ignore")
-            ws = Workspace(spec)
-            model = ws.model(poi_name=None, modifier_settings=simplified.INTERPOLATION)
-            result, minimum = fit(ws.data(model), model, return_uncertainties=True,
-                                  return_result_obj=True)
-            best = np.asarray(result[:, 0])
-            return (np.asarray(model.expected_actualdata(best)),
-                    simplified.bin_covariance(model, best, np.asarray(minimum.hess_inv), "fit"))
-
-    yields, covariance = post_fit(workspace)
-    full_yields, full_covariance = post_fit(full)
-    assert yields == pytest.approx(full_yields, rel=1e-4)
-    sigma, full_sigma = np.sqrt(np.diag(covariance)), np.sqrt(np.diag(full_covariance))
-    assert sigma == pytest.approx(full_sigma, rel=0.03)
-    correlation = covariance / np.outer(sigma, sigma)
-    full_correlation = full_covariance / np.outer(full_sigma, full_sigma)
-    assert np.max(np.abs(correlation - full_correlation)) < 0.05
-    assert np.min(full_correlation) < 0.5  # the bins are far from fully correlated
-
-
 def test_builder_refuses_bad_workspaces():
     with pytest.raises(WorkspaceError, match="broken.json: not a valid pyhf workspace"):
         simplified.build({"channels": [{"name": "SR"}]}, name="broken.json")
@@ -139,14 +99,6 @@ def test_each_likelihood_uses_its_workspaces(both):
     assert full.kinds == [workspaces.FULL] * 3
     assert simple.files == ["simplifiedA.json", "simplifiedB.json", "simplifiedC.json"]
     assert simple.kinds == [workspaces.ATLAS_SIMPLIFIED] * 3
-    # correlated: ours, built from ATLAS' full workspaces in the correlated layout
-    correlated = both["correlated"].likelihoods["ATLAS-SUSY-2018-31"]
-    assert correlated.files == full.files
-    assert correlated.kinds == [workspaces.OUR_CORRELATED] * 3
-    assert [p["modes"] for p in correlated.provenance] == [simplified.CORRELATED_MODES] * 3
-    info = next(er.globalInfo for er in both["correlated"].results
-                if hasattr(er.globalInfo, "jsonFiles"))
-    assert not any(simplified.is_full(w) for w in info.jsons)
     # the same channel and bin for every signal region (the mapping SModelS uses)
     bins = {mode: workspaces.signal_region_bins(info.jsonFiles, info.jsons)
             for mode, db in both.items() for info in [next(er.globalInfo for er in db.results

@@ -18,28 +18,6 @@ simplified one ATLAS publishes beside some of its full likelihoods:
    measurement keeps its POI name (SModelS adds its own signal sample with that
    normfactor) and the luminosity parameter, fixed.
 
-3'. or (``--likelihood correlated``, for every full workspace) the *correlated* layout:
-   the same sample ``Bkg`` per channel at the post-fit yields b, and P
-   (``CORRELATED_MODES``) ``histosys`` parameters ``bkgMode1..P`` instead of one.  Their
-   shifts are the leading principal components V of the post-fit covariance Sigma of
-   all bins (in units of each bin's Poisson width sqrt(b + 1), so that a small bin's
-   uncertainty counts as much as a large one's), and their Gaussian constraints leave
-   out the information of the data, which the likelihood's Poisson terms hold already:
-   with A = 1 - V^T diag(d/b^2) V and a = V^T (d/b - 1) (d the observed counts), rotated
-   to A's eigenbasis W, parameter k shifts the bins by (V W)_k / sqrt(alpha_k) and is
-   constrained by N(c_k | phi_k, 1) with c_k = -(W^T a)_k / sqrt(alpha_k) (pyhf's
-   ``auxdata`` in the measurement; eigenvalues alpha below ``PRIOR_FLOOR``, directions
-   the data alone constrain, such as free normalisations, are raised to it).  Then
-   phi = 0 (the post-fit yields) is the background-only minimum at the observed data,
-   and the model's post-fit covariance of the bins is Sigma on the kept modes: the
-   simplified likelihood of CMS-NOTE-2017-001 with correlations, made consistent with
-   the post-fit state (the construction of ``surrogate_baseline``, as a pyhf workspace).
-   ATLAS' single parameter moves all bins together, and its post-fit uncertainty taken
-   as a prior counts the data twice: on ATLAS-SUSY-2018-16's EWKinos workspace its
-   limits are 16-21 % stronger than the full likelihood's, against 3-6 % with 20 modes
-   (at 15-20x the cost per fit: the README's table).  Neither follows the full model
-   where a signal meets an excess (t 0.54 and 0.70 against 1.31).
-
 The fit uses ATLAS' interpolation codes (``code4`` for normsys, ``code4p`` for histosys,
 as HistFitter and ``simplify`` do).  Measured on the three results for which the
 database ships both ATLAS' full and simplified workspaces, the yields agree with ATLAS'
@@ -60,7 +38,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -75,13 +53,6 @@ SAMPLE = "Bkg"  # ATLAS' names, so that our files look like theirs
 MODIFIER = "totalError"
 INTERPOLATION = {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}}
 MINUIT_TOLERANCE = 0.01  # EDM target 0.002 * tolerance * errordef, pyhf's default is 0.1
-MODE_PREFIX = "bkgMode"  # the correlated layout's nuisance parameters: bkgMode1, bkgMode2, ...
-#: nuisance parameters of the correlated layout (``--likelihood correlated``): 5 and 10
-#: modes left EWKinos' expected limits 18-26 % and 0-2 % off, observed ones 10-18 %; 20
-#: (as ``surrogate_baseline.MAX_MODES``) 3-6 %, bar the excess (README)
-CORRELATED_MODES = 20
-PRIOR_FLOOR = 1e-3  # eigenvalues of the modes' prior precision below this are raised to it
-TINY = 1e-12  # floor of a bin's post-fit yield in the modes' algebra
 
 
 @dataclass
@@ -118,13 +89,11 @@ def minuit_backend() -> Iterator[Any]:
         pyhf.set_backend(tensorlib, optimizer)
 
 
-def build(spec: Dict[str, Any], name: str = "workspace", modes: int = 0) -> Simplified:
+def build(spec: Dict[str, Any], name: str = "workspace") -> Simplified:
     """The simplified workspace of a full background-only workspace (module docstring).
 
     ``spec``: a pyhf workspace (dict, JSON schema ``workspace.json`` of pyhf 0.7), with
-    or without a signal sample; ``name`` names it in errors; ``modes``: 0 for ATLAS'
-    layout (one ``totalError``), P > 0 for the correlated layout with P nuisance
-    parameters (module docstring, step 3').  Returns a ``Simplified``
+    or without a signal sample; ``name`` names it in errors.  Returns a ``Simplified``
     whose ``workspace`` validates against pyhf's schema.  Raises ``WorkspaceError`` (naming
     ``name``) when the input is not a valid workspace, the fit fails or does not converge,
     or the covariance is not positive.
@@ -152,16 +121,10 @@ def build(spec: Dict[str, Any], name: str = "workspace", modes: int = 0) -> Simp
         best = np.asarray(result[:, 0], dtype=float)
         covariance = np.asarray(fit.hess_inv, dtype=float)
         yields = np.asarray(model.expected_actualdata(best), dtype=float)
-        bins = bin_covariance(model, best, covariance, name)
-        uncertainties = np.sqrt(np.clip(np.diag(bins), 0.0, None))
+        uncertainties = _propagate(model, best, covariance, name)
         channels = [[channel, int(model.config.channel_nbins[channel])]
                     for channel in model.config.channels]
-        if modes:
-            observed = np.asarray(data[:model.config.nmaindata], dtype=float)
-            shifts, auxdata = correlated_modes(yields, observed, bins, modes)
-            simplified = _layout(spec, channels, yields, shifts=shifts, auxdata=auxdata)
-        else:
-            simplified = _layout(spec, channels, yields, shifts=uncertainties[:, None])
+        simplified = _layout(spec, channels, yields, uncertainties)
         try:
             pyhf.Workspace(simplified)  # validates against pyhf's schema
         except Exception as error:
@@ -172,43 +135,15 @@ def build(spec: Dict[str, Any], name: str = "workspace", modes: int = 0) -> Simp
         fit={"seconds": round(seconds, 2), "valid": bool(minuit.valid),
              "edm": float(minuit.fmin.edm), "calls": int(minuit.nfcn),
              "twice_nll": float(fit.fun), "parameters": int(model.config.npars),
-             "method": "background-only fit of all channels with MINUIT; bin covariance "
-                       "by linear propagation of the fit covariance (+-1 sigma variations, "
-                       "symmetrised); " + (f"{modes} correlated modes with the consistent "
-                                           "prior" if modes else "one totalError (ATLAS)")})
+             "method": "background-only fit of all channels with MINUIT; per-bin "
+                       "uncertainty by linear propagation of the fit covariance "
+                       "(+-1 sigma variations, symmetrised)"})
 
 
-def principal_modes(yields: np.ndarray, covariance: np.ndarray, count: int) -> np.ndarray:
-    """V (K, P): the ``count`` leading principal components of the bins' ``covariance``
-    (K, K, events^2) in units of each bin's Poisson width sqrt(b + 1) (``yields`` b, (K,)),
-    scaled to events, so that V V^T is the covariance on the kept modes."""
-    width = np.sqrt(np.clip(np.asarray(yields, dtype=float), 0.0, None) + 1.0)
-    values, vectors = np.linalg.eigh(covariance / np.outer(width, width))
-    order = np.argsort(values)[::-1][:count]
-    return width[:, None] * vectors[:, order] * np.sqrt(np.clip(values[order], 0.0, None))
-
-
-def correlated_modes(yields: np.ndarray, data: np.ndarray, covariance: np.ndarray,
-                     count: int) -> Tuple[np.ndarray, np.ndarray]:
-    """The correlated layout's nuisance parameters (module docstring, step 3').
-
-    ``yields`` (K,): post-fit background b per bin, events; ``data`` (K,): the observed
-    counts d; ``covariance`` (K, K): the post-fit covariance of the yields, events^2;
-    ``count``: P, the modes kept.  Returns ``shifts`` (K, P), each parameter's +1 unit
-    shift of every bin (events), and ``auxdata`` (P,), each parameter's constraint centre:
-    with rates b + shifts . phi and constraints N(auxdata | phi, 1), phi = 0 minimises
-    -ln L at the observed data and its inverse Hessian there is the post-fit covariance
-    on the kept modes (exactly where the prior precision needed no floor).
-    """
-    b = np.maximum(np.asarray(yields, dtype=float), TINY)
-    modes = principal_modes(b, covariance, count)
-    # prior precision and linear term that leave the data's information out (the data are
-    # in the likelihood already): A = 1 - V^T diag(d/b^2) V, a = V^T (d/b - 1)
-    precision = np.eye(modes.shape[1]) - modes.T @ (modes * (data / b ** 2)[:, None])
-    alpha, rotation = np.linalg.eigh(0.5 * (precision + precision.T))
-    alpha = np.maximum(alpha, PRIOR_FLOOR)
-    linear = rotation.T @ (modes.T @ (data / b - 1.0))
-    return (modes @ rotation) / np.sqrt(alpha), -linear / np.sqrt(alpha)
+def _propagate(model, best: np.ndarray, covariance: np.ndarray, name: str) -> np.ndarray:
+    """sigma_i = sqrt(s_i^T rho s_i), s_pi the symmetrised +-1 sigma_p yield shift of bin i
+    (module docstring, step 2); fixed parameters (zero variance) contribute nothing."""
+    return np.sqrt(np.clip(np.diag(bin_covariance(model, best, covariance, name)), 0.0, None))
 
 
 def bin_covariance(model, best: np.ndarray, covariance: np.ndarray, name: str) -> np.ndarray:
@@ -234,36 +169,25 @@ def bin_covariance(model, best: np.ndarray, covariance: np.ndarray, name: str) -
 
 
 def _layout(spec: Dict[str, Any], channels: List[List[Any]], yields: np.ndarray,
-            shifts: np.ndarray, auxdata: Optional[np.ndarray] = None) -> Dict[str, Any]:
-    """The simplified workspace: ATLAS' layout (module docstring, step 3: ``shifts`` (K, 1)
-    the per-bin uncertainty, no ``auxdata``) or the correlated one (step 3': ``shifts``
-    (K, P), ``auxdata`` (P,)); channels in the full workspace's order so that SModelS'
-    order-based region matching sees the same order."""
-    correlated = auxdata is not None
-    names = ([f"{MODE_PREFIX}{k + 1}" for k in range(shifts.shape[1])] if correlated
-             else [MODIFIER])
+            uncertainties: np.ndarray) -> Dict[str, Any]:
+    """ATLAS' simplified layout (module docstring, step 3), channels in the full
+    workspace's order so that SModelS' order-based region matching sees the same order."""
     by_channel: Dict[str, Dict[str, Any]] = {}
     start = 0
     for channel, nbins in channels:
         b = yields[start:start + nbins]
-        modifiers = []
-        for k, modifier in enumerate(names):
-            s = shifts[start:start + nbins, k]
-            # ATLAS clips the low variation at zero; the correlated layout stays linear
-            low = b - s if correlated else np.clip(b - s, 0.0, None)
-            modifiers.append({"name": modifier, "type": "histosys",
-                              "data": {"hi_data": (b + s).tolist(), "lo_data": low.tolist()}})
+        s = uncertainties[start:start + nbins]
         start += nbins
         by_channel[channel] = {"name": channel, "samples": [{
-            "name": SAMPLE, "data": b.tolist(), "modifiers": modifiers}]}
+            "name": SAMPLE, "data": b.tolist(),
+            "modifiers": [{"name": MODIFIER, "type": "histosys",
+                           "data": {"hi_data": (b + s).tolist(),
+                                    "lo_data": np.clip(b - s, 0.0, None).tolist()}}]}]}
     measurements = []
     for measurement in spec.get("measurements", []):
         config = measurement.get("config", {})
         parameters = [dict(p, fixed=True) for p in config.get("parameters", [])
                       if p.get("name") == "lumi"]
-        if correlated:
-            parameters += [{"name": modifier, "auxdata": [float(centre)]}
-                           for modifier, centre in zip(names, auxdata)]
         measurements.append({"name": measurement["name"],
                              "config": {"poi": config.get("poi", "mu_SIG"),
                                         "parameters": parameters}})
@@ -284,13 +208,11 @@ def sha256_file(path: Path) -> str:
     return _sha256(Path(path))
 
 
-def cache_file(source: Path, digest: str, modes: int = 0) -> Path:
-    """Where the simplified version of ``source`` (sha256 ``digest``; ``modes``: its layout,
-    as in ``build``) is kept."""
+def cache_file(source: Path, digest: str) -> Path:
+    """Where the simplified version of ``source`` (sha256 ``digest``) is kept."""
     from ..database import cache_dir
 
-    layout = f"-modes{modes}" if modes else ""
-    return cache_dir() / "simplified" / f"{source.stem}-{digest[:16]}{layout}.json"
+    return cache_dir() / "simplified" / f"{source.stem}-{digest[:16]}.json"
 
 
 def _versions() -> Dict[str, str]:
@@ -300,11 +222,10 @@ def _versions() -> Dict[str, str]:
     return {"pyhf": pyhf.__version__, "iminuit": iminuit.__version__}
 
 
-def read_cached(path: Path, digest: str, modes: int = 0) -> Optional[Dict[str, Any]]:
+def read_cached(path: Path, digest: str) -> Optional[Dict[str, Any]]:
     """The cached record at ``path`` if it is whole, of this schema, made from the source
-    with sha256 ``digest`` in the layout ``modes`` by the installed pyhf and iminuit, and
-    its workspace validates; None otherwise (with a warning for a file that exists but
-    cannot be used)."""
+    with sha256 ``digest`` by the installed pyhf and iminuit, and its workspace validates;
+    None otherwise (with a warning for a file that exists but cannot be used)."""
     import pyhf
 
     if not path.is_file():
@@ -316,8 +237,6 @@ def read_cached(path: Path, digest: str, modes: int = 0) -> Optional[Dict[str, A
         problem = None
         if provenance["source_sha256"] != digest:
             problem = "field 'provenance.source_sha256' does not match the source"
-        elif provenance.get("modes", 0) != modes:
-            problem = f"field 'provenance.modes' is {provenance.get('modes', 0)}, not {modes}"
         elif {k: provenance.get(k) for k in ("pyhf", "iminuit")} != _versions():
             problem = (f"made by pyhf {provenance.get('pyhf')} / iminuit "
                        f"{provenance.get('iminuit')}, installed are {_versions()}")
@@ -333,9 +252,8 @@ def read_cached(path: Path, digest: str, modes: int = 0) -> Optional[Dict[str, A
     return None
 
 
-def cached(source: Path, analysis: str = "", modes: int = 0) -> Dict[str, Any]:
-    """The simplified workspace of the full workspace file ``source`` in the layout
-    ``modes`` (as in ``build``: 0 for ATLAS' one-parameter layout), built once.
+def cached(source: Path, analysis: str = "") -> Dict[str, Any]:
+    """The simplified workspace of the full workspace file ``source``, built once.
 
     Returns the cache record: ``{"schema", "workspace", "provenance"}``, provenance
     holding the source file, its sha256, the analysis, pyhf and iminuit versions, the
@@ -347,13 +265,13 @@ def cached(source: Path, analysis: str = "", modes: int = 0) -> Dict[str, Any]:
         digest = sha256_file(source)
     except OSError as error:
         raise WorkspaceError(f"{source}: cannot read the full workspace ({error})") from None
-    target = cache_file(source, digest, modes)
-    record = read_cached(target, digest, modes)
+    target = cache_file(source, digest)
+    record = read_cached(target, digest)
     if record is not None:
         return record
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.with_suffix(".lock")):
-        record = read_cached(target, digest, modes)  # another process may have built it meanwhile
+        record = read_cached(target, digest)  # another process may have built it meanwhile
         if record is not None:
             return record
         label = f"{analysis} {source.name}".strip()
@@ -366,7 +284,7 @@ def cached(source: Path, analysis: str = "", modes: int = 0) -> Dict[str, Any]:
         logger.info("%s: building its simplified likelihood (a background-only fit, up "
                     "to a minute), once", label)
         t0 = time.perf_counter()
-        simplified = build(spec, name=f"{label} ({source})", modes=modes)
+        simplified = build(spec, name=f"{label} ({source})")
         record = {
             "schema": SCHEMA,
             "workspace": simplified.workspace,
@@ -375,10 +293,10 @@ def cached(source: Path, analysis: str = "", modes: int = 0) -> Dict[str, Any]:
                 **_versions(), "fit": simplified.fit,
                 "seconds": round(time.perf_counter() - t0, 2),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "bins": int(len(simplified.yields)), "modes": int(modes),
+                "bins": int(len(simplified.yields)),
             },
         }
         write_json_atomic(target, record)
-        logger.info("%s: simplified in %.0f s (%d parameters -> %d)", label,
-                    record["provenance"]["seconds"], simplified.fit["parameters"], max(modes, 1))
+        logger.info("%s: simplified in %.0f s (%d parameters -> 1)", label,
+                    record["provenance"]["seconds"], simplified.fit["parameters"])
     return record

@@ -52,11 +52,11 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from ..exceptions import WorkspaceError
-from .simplified import PRIOR_FLOOR  # eigenvalues of A_D below it are raised to it
 
 TINY = 1e-12  # floor of the expected events of a bin
 NEWTON_TOLERANCE, NEWTON_STEPS = 1e-7, 60  # on the parameters: Delta to ~1e-12
 MAX_MODES = 20  # principal components of the bins' covariance kept
+PRECISION_FLOOR = 1e-3  # eigenvalues of A_D below this are raised to it
 
 
 @dataclass
@@ -99,7 +99,7 @@ class GaussianBaseline:
     def _consistent(self):
         """A_D and a_D (module docstring): theta = 0 the minimum at n = 0, and the post-fit
         covariance its inverse Hessian unless an eigenvalue of A_D had to be raised to
-        ``PRIOR_FLOOR`` (the linear propagation is not exact)."""
+        ``PRECISION_FLOOR`` (the linear propagation is not exact)."""
         count = self.modes.shape[1]
         precision = np.empty((len(self.data), count, count))
         linear = np.empty((len(self.data), count))
@@ -107,7 +107,7 @@ class GaussianBaseline:
             b = np.maximum(b, TINY)
             matrix = np.eye(count) - self.modes.T @ (self.modes * (d / b ** 2)[:, None])
             values, vectors = np.linalg.eigh(0.5 * (matrix + matrix.T))
-            precision[i] = (vectors * np.maximum(values, PRIOR_FLOOR)) @ vectors.T
+            precision[i] = (vectors * np.maximum(values, PRECISION_FLOOR)) @ vectors.T
             linear[i] = self.modes.T @ (d / b - 1.0)
         return precision, linear
 
@@ -140,7 +140,7 @@ class GaussianBaseline:
         import warnings
 
         from .fixed_signal import SHAPEFACTOR_PREFIX
-        from .simplified import bin_covariance, minuit_backend, principal_modes
+        from .simplified import bin_covariance, minuit_backend
 
         fit = generator.fit
         label = f"{generator.source.analysis} {generator.source.file_name}"
@@ -167,7 +167,10 @@ class GaussianBaseline:
         def counts(name: str) -> np.ndarray:
             return np.asarray(generator.data[name], dtype=float)[:main]
 
-        modes = principal_modes(counts("observed_asimov"), covariance, MAX_MODES)
+        width = np.sqrt(np.clip(counts("observed_asimov"), 0.0, None) + 1.0)  # Poisson widths
+        values, vectors = np.linalg.eigh(covariance / np.outer(width, width))
+        order = np.argsort(values)[::-1][:MAX_MODES]
+        modes = width[:, None] * vectors[:, order] * np.sqrt(np.clip(values[order], 0.0, None))
         offsets, start = {}, 0
         for channel in config.channels:
             offsets[channel] = start

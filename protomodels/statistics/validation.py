@@ -41,26 +41,22 @@ import numpy as np
 
 from . import simplified
 from ..schemas import schema_id
-from .workspaces import ATLAS_SIMPLIFIED, OUR_CORRELATED, OUR_SIMPLIFIED, file_map
+from .workspaces import ATLAS_SIMPLIFIED, OUR_SIMPLIFIED, file_map
 
 logger = logging.getLogger(__name__)
 
 SCHEMA = schema_id("simplify")
 SIGNAL_EVENTS = 10.0  # total signal of each validation signal, all regions together
-SIMPLIFIED_LIKELIHOODS = ("simplified", "correlated")  # what ``simplify`` builds and validates
 COSTLY_FIT_SECONDS = 10.0  # full workspaces slower than this get ``costly_signals`` signals
 
 
-def simplify_database(database_path: Optional[str] = None,
-                      likelihood: str = "simplified") -> Dict[str, Any]:
-    """Build every missing simplified workspace of ``likelihood`` ("simplified": ATLAS'
-    layout, for the full workspaces without a published simplified one; "correlated": the
-    correlated layout, for every full workspace; cached) and list, per pyhf result, the
-    workspaces it uses.  Raises ``DatabaseError`` as ``load_database``."""
+def simplify_database(database_path: Optional[str] = None) -> Dict[str, Any]:
+    """Build every missing simplified workspace (cached) and list, per pyhf result, the
+    workspaces each likelihood uses.  Raises ``DatabaseError`` as ``load_database``."""
     from ..loader import load_database
 
     t0 = time.perf_counter()
-    db = load_database(database_path, check_simplified(likelihood))
+    db = load_database(database_path, "simplified")
     seconds = time.perf_counter() - t0
     rows = []
     for name, chosen in sorted(db.likelihoods.items()):
@@ -77,18 +73,8 @@ def simplify_database(database_path: Optional[str] = None,
                             "build_seconds": provenance["seconds"],
                             "created": provenance["created"]})
             rows.append(row)
-    return {"schema": SCHEMA, "database": db.path, "likelihood": likelihood,
-            "seconds": round(seconds, 1), "workspaces": rows}
-
-
-def check_simplified(likelihood: str) -> str:
-    """``likelihood`` if it is one of the simplified ones; else ``WorkspaceError``."""
-    from ..exceptions import WorkspaceError
-
-    if likelihood not in SIMPLIFIED_LIKELIHOODS:
-        raise WorkspaceError(f"--likelihood: {likelihood!r} is not a simplified likelihood; "
-                             f"choose one of {', '.join(SIMPLIFIED_LIKELIHOODS)}")
-    return likelihood
+    return {"schema": SCHEMA, "database": db.path, "seconds": round(seconds, 1),
+            "workspaces": rows}
 
 
 # ---------------------------------------------------------------- 1. reproduction
@@ -381,8 +367,7 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             continue
         full_info = full_results[info.id].globalInfo
         for index, (name, kind) in enumerate(zip(chosen.files, chosen.kinds)):
-            if kind not in (OUR_SIMPLIFIED, OUR_CORRELATED, ATLAS_SIMPLIFIED) or \
-                    index >= len(full_chosen.files):
+            if kind not in (OUR_SIMPLIFIED, ATLAS_SIMPLIFIED) or index >= len(full_chosen.files):
                 continue
             if full_chosen.kinds[index] != "full":
                 continue
@@ -398,7 +383,7 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             costly = fit_seconds > COSTLY_FIT_SECONDS
             wanted = costly_signals if costly else signals
             table = []
-            record_file = _record_file(info.id, full_name)  # shared by both likelihoods
+            record_file = _record_file(info.id, full_name)  # kept per full workspace
             records = _read_records(record_file)
             digests = (_inputs_digest(info, info.jsons[index], regions),
                        _inputs_digest(full_info, full_info.jsons[index], full_regions))
@@ -449,13 +434,11 @@ def _validity_summary(table: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def validate(database_path: Optional[str] = None, signals: int = 20, costly_signals: int = 5,
-             patterns: Sequence[str] = ("*",), backend: str = "numpy",
-             likelihood: str = "simplified") -> Dict[str, Any]:
-    """Both checks (module docstring) on the database at ``database_path``, the second for
-    the simplified likelihood ``likelihood`` ("simplified" or "correlated")."""
+             patterns: Sequence[str] = ("*",), backend: str = "numpy") -> Dict[str, Any]:
+    """Both checks (module docstring) on the database at ``database_path``."""
     from ..loader import load_database
 
-    db_simplified = load_database(database_path, check_simplified(likelihood))
+    db_simplified = load_database(database_path, "simplified")
     db_full = load_database(database_path, "full")
     t0 = time.perf_counter()
     report = {"reproduction": reproduction(db_simplified)}
@@ -469,11 +452,10 @@ def format_report(report: Dict[str, Any]) -> str:
     def pct(x: Optional[float]) -> str:
         return "-" if x is None else f"{100 * x:.0f}%"
 
-    lines = [f"pyhf workspaces of {report['database']} ({report.get('likelihood', 'simplified')} "
-             f"likelihood, {report['seconds']} s):",
-             f"  {'analysis':<28} {'file':<36} {'what':<36} {'params':>6} {'bins':>5} {'fit s':>6}"]
+    lines = [f"pyhf workspaces of {report['database']} (simplified likelihood, {report['seconds']} s):",
+             f"  {'analysis':<28} {'file':<36} {'what':<26} {'params':>6} {'bins':>5} {'fit s':>6}"]
     for row in report["workspaces"]:
-        lines.append(f"  {row['analysis']:<28} {row['file']:<36} {row['kind']:<36} "
+        lines.append(f"  {row['analysis']:<28} {row['file']:<36} {row['kind']:<26} "
                      f"{row.get('parameters', ''):>6} {row.get('bins', ''):>5} "
                      f"{row.get('fit_seconds', ''):>6}" + (f"  ({row['note']})" if row["note"] else ""))
     validation = report.get("validation")
@@ -487,8 +469,7 @@ def format_report(report: Dict[str, Any]) -> str:
                          f"{y['min']:>8.4f} {y['median']:>8.4f} {y['max']:>8.4f} "
                          f"{u['min']:>7.3f} {u['median']:>7.3f} {u['max']:>7.3f} "
                          f"{pct(row['yields_within_1pct']):>5} {pct(row['uncertainties_within_25pct']):>6}")
-        lines += ["", f"{report.get('likelihood', 'simplified')} vs full on signals (share of "
-                  "signals within the band):",
+        lines += ["", "simplified vs full on signals (share of signals within the band):",
                   f"  {'analysis':<24} {'simplified file':<32} {'n':>3} {'UL obs in [0.8,1.25]':>21} "
                   f"{'UL exp':>7} {'|dt|<=0.5':>10}"]
         for row in validation["validity"]:

@@ -13,12 +13,6 @@ and ATLAS-SUSY-2018-14's are tiny toy models, used as shipped.
   (``protomodels.statistics.simplified``, built once and cached) for every full one;
 - ``full``: the full workspace where the database has one; where it has none, the
   workspace shipped, with a note saying so;
-- ``correlated``: ours in the correlated layout (``simplified.CORRELATED_MODES`` nuisance
-  parameters from the post-fit covariance, module ``simplified``) for every full workspace
-  the database has, ATLAS' published simplified ones included; ATLAS' simplified ones only
-  where there is no full one.  Limits closer to the full likelihoods than ``simplified``
-  (which, with one parameter for all bins, gives limits up to ~20 % too strong), at 3-20x
-  its cost per fit (measured in the README);
 - ``surrogate``: the workspaces of ``simplified``, and the trained surrogates of the full
   workspaces (``protomodels.statistics.surrogate``) attached: a prediction whose signal
   lies in their training domain takes its likelihood and limits from them, any other
@@ -49,15 +43,14 @@ from . import simplified
 
 logger = logging.getLogger(__name__)
 
-LIKELIHOODS = ("simplified", "full", "surrogate", "correlated")
+LIKELIHOODS = ("simplified", "full", "surrogate")
 DEFAULT_LIKELIHOOD = "simplified"
 _DEFAULT = "_protomodels_default_workspaces"  # (jsonFiles, jsons) as loaded
 CHOICE = "_protomodels_workspaces"  # the WorkspaceChoice in use
 
 # what a workspace file in use is
-FULL, ATLAS_SIMPLIFIED, OUR_SIMPLIFIED, OUR_CORRELATED, AS_SHIPPED = (
-    "full", "simplified (ATLAS)", "simplified (protomodels)",
-    "simplified, correlated (protomodels)", "as shipped")
+FULL, ATLAS_SIMPLIFIED, OUR_SIMPLIFIED, AS_SHIPPED = (
+    "full", "simplified (ATLAS)", "simplified (protomodels)", "as shipped")
 
 
 @dataclass
@@ -150,81 +143,45 @@ def _candidate(info, mode: str, default: Tuple[Dict[str, Any], List[Dict[str, An
             kinds = [FULL if simplified.is_full(w) else AS_SHIPPED for w in jsons]
             note = "" if all(k == FULL for k in kinds) else "no full workspace in the database"
             return copy.deepcopy(files), jsons, kinds, note, [None] * len(jsons)
-        missing = [name for name in full_files if not (folder / name).is_file()]
+        loaded, missing = [], []
+        for name in full_files:
+            path = folder / name
+            if not path.is_file():
+                missing.append(name)
+                continue
+            try:
+                loaded.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as error:
+                raise WorkspaceError(f"{info.id}: cannot read {path} ({error})") from None
         if missing:
             note = f"full workspace {', '.join(missing)} not in the database; ATLAS' simplified used"
             return copy.deepcopy(files), jsons, [ATLAS_SIMPLIFIED] * len(jsons), note, [None] * len(jsons)
-        loaded = [_read(info.id, folder / name) for name in full_files]
         kinds = [FULL if simplified.is_full(w) else AS_SHIPPED for w in loaded]
         return full_files, loaded, kinds, "", [None] * len(loaded)
-    if mode == "simplified":
-        if full_files is not None:  # ATLAS' published simplified workspaces
-            kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
-            return copy.deepcopy(files), jsons, kinds, "", [None] * len(jsons)
-        return _ours_or_full(info, files, jsons, folder, modes=0)
-    # correlated: ours, from every full workspace the database has
-    modes = simplified.CORRELATED_MODES
-    if full_files is None:
-        return _ours_or_full(info, files, jsons, folder, modes)
-    if any(not (folder / name).is_file() for name in full_files):
-        note = "full workspace not in the database; ATLAS' simplified used"
+    # simplified
+    if full_files is not None:
         kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
-        return copy.deepcopy(files), jsons, kinds, note, [None] * len(jsons)
-    try:
-        loaded = [_read(info.id, folder / name) for name in full_files]
-        new_jsons, kinds, provenance = _ours(info, list(full_files), loaded, folder, modes,
-                                             strict=True)
-    except WorkspaceError as error:
-        logger.warning("%s: %s; ATLAS' simplified workspaces are used instead", info.id, error)
-        kinds = [FULL if simplified.is_full(w) else ATLAS_SIMPLIFIED for w in jsons]
-        return (copy.deepcopy(files), jsons, kinds,
-                "our simplification failed, ATLAS' simplified used", [None] * len(jsons))
-    return copy.deepcopy(full_files), new_jsons, kinds, "", provenance
-
-
-def _ours_or_full(info, files, jsons, folder: Path, modes: int):
-    """(jsonFiles, jsons, kinds, note, provenance): ours for each full workspace of a
-    result that has no published simplified one; one that cannot be built stays full."""
-    new_jsons, kinds, provenance = _ours(info, list(files), jsons, folder, modes, strict=False)
-    notes = [f"{name}: simplification failed, full workspace used"
-             for name, kind in zip(files, kinds) if kind == FULL]
-    return copy.deepcopy(files), new_jsons, kinds, "; ".join(notes), provenance
-
-
-def _read(analysis: str, path: Path) -> Dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise WorkspaceError(f"{analysis}: cannot read {path} ({error})") from None
-
-
-def _ours(info, names: List[str], jsons: List[Dict[str, Any]], folder: Path, modes: int,
-          strict: bool) -> Tuple[List[Dict[str, Any]], List[str], List[Optional[Dict[str, Any]]]]:
-    """(workspaces, kinds, provenance): our simplified workspace (``simplified.cached`` in
-    the layout ``modes``: 0 ATLAS', P correlated) for each full one among ``jsons`` (files
-    ``names`` in ``folder``), the others as shipped.  A workspace that cannot be simplified raises
-    ``WorkspaceError`` when ``strict``, else keeps its full version with a warning."""
-    new_jsons, kinds, provenance = [], [], []
-    for name, workspace in zip(names, jsons):
+        return copy.deepcopy(files), jsons, kinds, "", [None] * len(jsons)
+    new_jsons, kinds, provenance, notes = [], [], [], []
+    for name, workspace in zip(files, jsons):
         if not simplified.is_full(workspace):
             new_jsons.append(workspace)
             kinds.append(AS_SHIPPED)
             provenance.append(None)
             continue
         try:
-            record = simplified.cached(folder / name, analysis=info.id, modes=modes)
+            record = simplified.cached(folder / name, analysis=info.id)
         except WorkspaceError as error:
-            if strict:
-                raise
             logger.warning("%s: %s; the full workspace is used instead", info.id, error)
+            notes.append(f"{name}: simplification failed, full workspace used")
             new_jsons.append(workspace)
             kinds.append(FULL)
             provenance.append(None)
             continue
         new_jsons.append(record["workspace"])
-        kinds.append(OUR_CORRELATED if modes else OUR_SIMPLIFIED)
+        kinds.append(OUR_SIMPLIFIED)
         provenance.append(record["provenance"])
-    return new_jsons, kinds, provenance
+    return copy.deepcopy(files), new_jsons, kinds, "; ".join(notes), provenance
 
 
 def use_likelihood(db, mode: str = DEFAULT_LIKELIHOOD) -> Dict[str, WorkspaceChoice]:
