@@ -37,14 +37,25 @@ def trained(subset_dir, tmp_path_factory):
                "subset": subset_dir, "model": surrogate.WorkspaceSurrogate.load(source)}
 
 
-def test_training_data_resume_exactly_and_the_same_seed_gives_the_same_network(trained):
+def test_training_data_resume_exactly_and_the_same_seed_gives_the_same_network(trained,
+                                                                                monkeypatch):
+    from protomodels.statistics.surrogate_baseline import GaussianBaseline
+
     source = trained["source"]
     first = surrogate_data.chunk_path(source, "train", SEED, 0)
     before = json.loads(first.read_text())
     first.unlink()  # as if killed before this chunk was written
+    # the baseline's fits are not redone: it is read back from the surrogate's folder
+    assert (surrogate_data.folder(source) / "baseline-numpy.json").is_file()
+
+    def refit(*args):
+        raise AssertionError("the baseline was fitted again")
+
+    monkeypatch.setattr(GaussianBaseline, "from_generator", refit)
     outcome = surrogate_data.generate(str(trained["subset"]), ANALYSIS, WORKSPACE, SAMPLES,
                                       HOLDOUT, SEED, backend="numpy")
     assert outcome["computed"] == 1 and outcome["chunks"] == 2  # only the missing chunk
+    assert outcome["baseline"].to_json() == trained["sidecar"]["baseline"]
     after = json.loads(first.read_text())
     assert after["signals"] == before["signals"]
     np.testing.assert_allclose(np.array(after["deltas"], dtype=float),

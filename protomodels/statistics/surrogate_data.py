@@ -43,6 +43,7 @@ from ..schemas import schema_id
 logger = logging.getLogger(__name__)
 
 SCHEMA = schema_id("surrogate-data")
+BASELINE_SCHEMA = schema_id("surrogate-baseline")
 DATASETS = ("observed", "expected", "observed_asimov", "expected_asimov")
 CHUNK = 25  # samples per task and file
 Q_RANGE = (0.01, 60.0)  # rough sensitivity sum n^2/(d+1) of the signals, log-uniform
@@ -312,16 +313,34 @@ def _prepare(key: tuple, expresult, source: WorkspaceSource) -> None:
 
 
 def baseline(database: Optional[str], expresult, source: WorkspaceSource, backend: str = "jax"):
-    """The Gaussian baseline of a full workspace's surrogate (``surrogate_baseline``) from
-    this process' generator of it (one background-only fit with MINUIT).  Raises
-    ``WorkspaceError`` when that fit fails."""
+    """The Gaussian baseline of a full workspace's surrogate (``surrogate_baseline``): read
+    from ``baseline-<backend>.json`` in the surrogate's folder when that was made from
+    this workspace (sha256) with this pyhf, else from this process' generator of it (the
+    data sets' fits and one background-only fit with MINUIT: minutes for ATLAS-SUSY-2018-16)
+    and written there.  Raises ``WorkspaceError`` when a fit fails."""
+    import pyhf
+
     from .surrogate_baseline import GaussianBaseline
     from .validation import pyhf_backend
 
+    path = folder(source) / f"baseline-{backend}.json"
+    if path.is_file():
+        try:
+            record = read_json_record(path, BASELINE_SCHEMA, WorkspaceError, "surrogate baseline")
+            if (record["workspace_sha256"], record["pyhf"]) == (source.sha256, pyhf.__version__):
+                return GaussianBaseline.from_json(record["baseline"])
+            logger.info("%s: made from another workspace or pyhf version; refitting", path)
+        except WorkspaceError as error:
+            logger.warning("%s; refitting the baseline", error)
     key = (database, source.analysis, source.file_name, backend)
     with pyhf_backend(backend):
         _prepare(key, expresult, source)
-    return GaussianBaseline.from_generator(_GENERATORS[key][2], DATASETS)
+    fitted = GaussianBaseline.from_generator(_GENERATORS[key][2], DATASETS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"schema": BASELINE_SCHEMA, "workspace_sha256": source.sha256,
+                             "backend": backend, "pyhf": pyhf.__version__,
+                             "baseline": fitted.to_json()})
+    return fitted
 
 
 def generate(database: Optional[str], analysis: str, file_name: Optional[str], samples: int,
@@ -355,7 +374,7 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                     progress(n, len(todo))
         finally:
             disconnect(closers)
-    else:  # this process' generator was built by ``baseline`` above
+    else:  # chunk_task builds this process' generator unless ``baseline`` above did
         for n, (split, s, i) in enumerate(todo, 1):
             chunk_task(database, analysis, source.file_name, split, s, i, backend)
             if progress:
