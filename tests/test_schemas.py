@@ -67,6 +67,8 @@ CASES: Dict[str, Tuple[str, Path_, Any, Path_]] = {
     "bench": ("bench.json", ("c_walker_steps", "all", "n"), "six", ("per_model", 0, "b_s")),
     "surrogate": ("surrogate.json", ("domain", "distance_cut"), "far", ("domain", "points")),
     "surrogate-data": ("surrogate-data.json", ("seed",), "3", ("deltas",)),
+    "surrogate-baseline": ("surrogate-baseline.json", ("baseline", "positions", 0), "first",
+                           ("baseline", "modes")),
     "rescore": ("rescore.json", ("rows", 0, "K"), None, ("rows", 1, "walker")),
     "simplified": ("simplified.json", ("provenance", "fit", "parameters"), "many",
                    ("provenance", "source_sha256")),
