@@ -363,8 +363,6 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
         full_chosen = db_full.likelihoods.get(info.id)
         if chosen is None or full_chosen is None or not hasattr(info, "jsonFiles"):
             continue
-        if not any(fnmatch.fnmatchcase(info.id, p.split("/")[0]) for p in patterns):
-            continue
         full_info = full_results[info.id].globalInfo
         for index, (name, kind) in enumerate(zip(chosen.files, chosen.kinds)):
             if kind not in (OUR_SIMPLIFIED, ATLAS_SIMPLIFIED) or index >= len(full_chosen.files):
