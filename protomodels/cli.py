@@ -87,6 +87,20 @@ likelihood_option = click.option(
          "'surrogate' (the trained surrogates of the full workspaces where the signal is "
          "in their domain, else simplified; see `protomodels surrogate`).")
 
+
+def cluster_options(what: str) -> Callable:
+    """--cluster and --jobs, the same for every command that can use Dask."""
+    def decorate(func: Callable) -> Callable:
+        func = click.option("--jobs", type=click.IntRange(min=1), default=None,
+                            help="With --cluster local: worker processes; with a batch "
+                                 "system: jobs.")(func)
+        return click.option("--cluster", default=None,
+                            metavar="ADDRESS|local|slurm|htcondor|...",
+                            help=f"{what} as Dask tasks: a scheduler address, 'local', or a "
+                                 "dask-jobqueue batch system (needs protomodels[cluster]).")(func)
+    return decorate
+
+
 run_likelihood_option = click.option(
     "--likelihood", type=click.Choice(LIKELIHOODS), default=None,
     help="Statistical model of pyhf results [default: the run's own].")
@@ -278,10 +292,7 @@ def surrogate_group() -> None:
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="jax", show_default=True,
               help="pyhf backend of the training fits (jax: compiled once, much faster).")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Compute the training data as Dask tasks: 'local', a scheduler address, "
-                   "or a batch system (as walk --cluster).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None, help="Workers with --cluster.")
+@cluster_options("Compute the training data")
 @database_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output (the sidecar).")
 @_handle_errors
@@ -313,19 +324,22 @@ def surrogate_train(analysis, workspace, samples, holdout, seed, backend, cluste
 @click.option("--ul-signals", type=click.IntRange(min=1), default=60, show_default=True,
               help="Held-out signals whose upper limits pyhf computes for comparison.")
 @click.option("--backend", type=click.Choice(["numpy", "jax"]), default="jax", show_default=True)
+@cluster_options("Compute pyhf's limits")
 @database_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
-def surrogate_validate(only, ul_signals, backend, database_path, as_json, output_file) -> None:
-    """Accuracy on held-out signals (by -2 Delta), upper limits against pyhf, speed."""
+def surrogate_validate(only, ul_signals, backend, cluster, jobs, database_path, as_json,
+                       output_file) -> None:
+    """Accuracy on held-out signals (by -2 Delta), upper limits against pyhf (kept in the
+    cache: computed once per signal), speed."""
     from .progress import progress_bar
     from .statistics import surrogate
 
     with progress_bar(None, "pyhf upper limits of held-out signals") as bar:
         rows = surrogate.validate_all(database_path, tuple(p.strip() for p in only.split(",")),
                                       ul_signals=ul_signals, backend=backend,
-                                      progress=bar.update)
+                                      progress=bar.update, cluster=cluster, jobs=jobs)
     _emit(json.dumps(rows, indent=2, sort_keys=True) + "\n" if as_json
           else surrogate.format_validation(rows), output_file)
 
@@ -400,11 +414,7 @@ def _screen_schedule(screen: bool, train_at: Optional[str]) -> Optional[List[int
               help="Steps between checkpoints (a killed chain redoes at most these) [default: 10].")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
               help="TOML or YAML file with any of these options (flags win).")
-@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
-              help="Run the walkers as Dask tasks: a scheduler address, 'local', or a "
-                   "dask-jobqueue batch system (needs protomodels[cluster]).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="With --cluster local: worker processes; with a batch system: jobs.")
+@cluster_options("Run the walkers")
 @click.option("--likelihood", type=click.Choice(LIKELIHOODS), default=None,
               help="Statistical model of pyhf results [default: simplified; a resumed run "
                    "keeps its own].")
@@ -748,9 +758,7 @@ def _ladder(text: str) -> List[float]:
 @inject_option
 @fudge_option
 @noise_option
-@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
-              help="Run each fake's walkers as Dask tasks (see walk --cluster).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None)
+@cluster_options("Run each fake's walkers")
 @likelihood_option
 @screen_options
 @database_option
@@ -882,10 +890,7 @@ def _scan_option(parser: str) -> Callable:
               help="PNG of the K map [default: the scan file with .png].")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
               help="Local worker processes [default: min(chunks, cores)].")
-@click.option("--cluster", default=None, metavar="ADDRESS|local|slurm|htcondor|...",
-              help="Evaluate the points as Dask tasks (see walk --cluster).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="With --cluster local: worker processes; with a batch system: jobs.")
+@cluster_options("Evaluate the points")
 @click.option("--json", "as_json", is_flag=True, help="JSON output (the summary).")
 @run_database_option
 @_handle_errors

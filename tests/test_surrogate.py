@@ -92,6 +92,29 @@ def test_surrogate_against_pyhf_on_held_out_signals(trained):
     assert model.upper_limit(np.zeros(1)) is None
 
 
+def test_validate_keeps_pyhf_limits_and_marks_the_domain(trained, monkeypatch):
+    """``validate``: pyhf's limits of the held-out signals are computed once and read back
+    when the network is validated again; the summary counts what its rows say, over all
+    signals and inside the domain."""
+    kwargs = dict(ul_signals=3, backend="numpy", database=str(trained["subset"]))
+    report = surrogate.validate(trained["expresult"], trained["source"], **kwargs)
+    rows = report["upper_limit_rows"]
+    assert len(rows) == 3 and all(r["obs"][0] and r["exp"][0] for r in rows)
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("pyhf's limit was computed again")
+
+    monkeypatch.setattr(surrogate_data, "limit_task", recompute)
+    again = surrogate.validate(trained["expresult"], trained["source"], **kwargs)
+    assert [r["obs"][0] for r in again["upper_limit_rows"]] == [r["obs"][0] for r in rows]
+    for which in ("obs", "exp"):
+        ratios = np.array([ours / theirs for theirs, ours in (r[which] for r in rows)])
+        inside = np.array([r["in_domain"] for r in rows])
+        summary = report["upper_limits"][which]
+        assert summary["within_10pct"] == round(float(np.mean(np.abs(ratios - 1) <= 0.1)), 4)
+        assert summary["in_domain"] == int(inside.sum())
+
+
 def test_gaussian_baseline_equals_pyhf_on_the_same_likelihood():
     """The surrogates' baseline (nuisance parameters profiled by Newton's method,
     ``surrogate_baseline``) against pyhf's fixed-mu fits of the same likelihood: three

@@ -373,15 +373,16 @@ def _errors(errors: np.ndarray) -> Dict[str, Any]:
 
 
 def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
-             backend: str = "jax", progress=None) -> Dict[str, Any]:
+             backend: str = "jax", progress=None, database: Optional[str] = None,
+             cluster: Optional[str] = None, jobs: Optional[int] = None) -> Dict[str, Any]:
     """Accuracy and speed of a trained surrogate on its held-out signals: |error| of
     -2 Delta per data set and per stratum of -2 Delta_obs; observed and expected upper
-    limits against pyhf's (``fixed_signal.SignalAsParameters.upper_limit``, SModelS' root
-    search) for ``ul_signals`` held-out signals spread evenly over -2 Delta_obs; the time
-    of one nll evaluation and of one upper limit.  Stored in the sidecar ("validation")
-    and returned.  Raises ``WorkspaceError`` when the surrogate or its data are missing."""
-    from .validation import pyhf_backend
-
+    limits against pyhf's (``surrogate_data.reference_limits``: SModelS' root search on
+    the full workspace, kept in the cache, here or as Dask tasks with ``cluster``) for
+    ``ul_signals`` held-out signals spread evenly over -2 Delta_obs, each marked in or
+    outside the surrogate's domain; the time of one nll evaluation and of one upper
+    limit.  Stored in the sidecar ("validation") and returned.  Raises ``WorkspaceError``
+    when the surrogate or its data are missing."""
     surrogate = WorkspaceSurrogate.load(source)
     if surrogate is None:
         raise WorkspaceError(f"{source.analysis} {source.file_name}: no trained surrogate; "
@@ -400,19 +401,15 @@ def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
     # upper limits: signals evenly spread in -2 Delta_obs, pyhf's against the surrogate's
     order = np.argsort(minus2)
     picks = order[np.unique(np.linspace(0, len(order) - 1, min(ul_signals, len(order))).astype(int))]
+    references = data_mod.reference_limits(database, expresult, source, x[picks], backend,
+                                           cluster=cluster, jobs=jobs, progress=progress)
     rows = []
-    with pyhf_backend(backend):
-        generator = data_mod.Generator(expresult, source)
-        for n, i in enumerate(picks, 1):
-            named = dict(zip(surrogate.bins, map(float, x[i])))
-            row = {"minus2_delta": round(float(minus2[i]), 4)}
-            for which, expected in (("obs", False), ("exp", True)):
-                pyhf_ul = generator.fit.upper_limit(named, expected=expected)
-                ours = surrogate.upper_limit(x[i], expected=expected)
-                row[which] = [pyhf_ul, ours]
-            rows.append(row)
-            if progress:
-                progress(n, len(picks))
+    for i, reference in zip(picks, references):
+        row = {"minus2_delta": round(float(minus2[i]), 4),
+               "in_domain": surrogate.in_domain(x[i]).in_domain}
+        for which, expected in (("obs", False), ("exp", True)):
+            row[which] = [reference[which], surrogate.upper_limit(x[i], expected=expected)]
+        rows.append(row)
     report["upper_limits"] = _limit_summary(rows)
     report["upper_limit_rows"] = rows
     report["timing"] = _timing(surrogate, x[picks[len(picks) // 2]])
@@ -424,13 +421,21 @@ def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
 
 
 def _limit_summary(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Per limit (obs, exp): how many surrogate limits are within 10% of pyhf's, over all
+    compared signals and over those inside the surrogate's domain (outside it
+    ``--likelihood surrogate`` falls back, so those limits are never used)."""
     out = {}
     for which in ("obs", "exp"):
-        pairs = [r[which] for r in rows if r[which][0] and r[which][1]]
-        ratios = np.array([b / a for a, b in pairs])
+        pairs = [(r[which], r.get("in_domain", True)) for r in rows
+                 if r[which][0] and r[which][1]]
+        ratios = np.array([b / a for (a, b), _ in pairs])
+        inside = np.array([flag for _, flag in pairs], dtype=bool)
+        close = np.abs(ratios - 1) <= 0.1
         out[which] = {"count": len(pairs), "missing": len(rows) - len(pairs),
-                      "within_10pct": round(float(np.mean(np.abs(ratios - 1) <= 0.1)), 4)
-                      if len(ratios) else None,
+                      "within_10pct": round(float(np.mean(close)), 4) if len(ratios) else None,
+                      "in_domain": int(inside.sum()),
+                      "within_10pct_in_domain": round(float(np.mean(close[inside])), 4)
+                      if inside.any() else None,
                       "median_ratio": round(float(np.median(ratios)), 4) if len(ratios) else None,
                       "worst_ratio": round(float(ratios[np.argmax(np.abs(ratios - 1))]), 4)
                       if len(ratios) else None}
@@ -484,7 +489,9 @@ def train_workspace(database: Optional[str], analysis: str, workspace: Optional[
 
 
 def validate_all(database: Optional[str], patterns: Sequence[str] = ("*",),
-                 ul_signals: int = 60, backend: str = "jax", progress=None) -> List[Dict[str, Any]]:
+                 ul_signals: int = 60, backend: str = "jax", progress=None,
+                 cluster: Optional[str] = None,
+                 jobs: Optional[int] = None) -> List[Dict[str, Any]]:
     """``protomodels surrogate validate``: ``validate`` for every trained surrogate whose
     analysis matches ``patterns``; one summary row each."""
     import fnmatch
@@ -497,7 +504,7 @@ def validate_all(database: Optional[str], patterns: Sequence[str] = ("*",),
         if not any(fnmatch.fnmatchcase(source.analysis, p) for p in patterns):
             continue
         report = validate(expresult, source, ul_signals=ul_signals, backend=backend,
-                          progress=progress)
+                          progress=progress, database=database, cluster=cluster, jobs=jobs)
         rows.append({"analysis": source.analysis, "workspace": source.file_name,
                      **{k: v for k, v in report.items() if k != "upper_limit_rows"}})
     return rows

@@ -312,6 +312,98 @@ def _prepare(key: tuple, expresult, source: WorkspaceSource) -> None:
         _GENERATORS[key] = (expresult, source, generator, map_shapes(expresult, generator.bins))
 
 
+def limits_path(source: WorkspaceSource, backend: str) -> Path:
+    """Where pyhf's upper limits of held-out signals are kept (one JSON line each)."""
+    return folder(source) / f"holdout-limits-{backend}.jsonl"
+
+
+def limit_key(source: WorkspaceSource, signal: Sequence[float], backend: str) -> str:
+    """What a reference limit depends on: the workspace (sha256), pyhf's version, the
+    backend and the signal (events per bin, exact floats)."""
+    import hashlib
+    import json
+
+    import pyhf
+
+    text = json.dumps([source.sha256, pyhf.__version__, backend, [float(v) for v in signal]])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def limit_task(database: Optional[str], analysis: str, file_name: str,
+               signal: Sequence[float], backend: str) -> Dict[str, Any]:
+    """pyhf's observed and a-priori expected 95% CLs upper limits on mu for one signal
+    (events per bin in the generator's ``bins`` order) on the full workspace, SModelS'
+    root search (``fixed_signal.SignalAsParameters.upper_limit``); a task: the database
+    and the workspace's model are built once per process (jax imported here, after any
+    fork).  Returns {"obs", "exp" (None where SModelS gives None), "seconds"}."""
+    from .validation import pyhf_backend
+
+    key = (database, analysis, file_name, backend)
+    with pyhf_backend(backend):
+        if key not in _GENERATORS:
+            from ..loader import load_database
+
+            db = load_database(database, "full")
+            _prepare(key, *find_workspace(db, analysis, file_name))
+        generator = _GENERATORS[key][2]
+        named = {region: float(v) for region, v in zip(generator.bins, signal)}
+        t0 = time.perf_counter()
+        obs = generator.fit.upper_limit(named, expected=False)
+        exp = generator.fit.upper_limit(named, expected=True)
+    return {"obs": obs, "exp": exp, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def reference_limits(database: Optional[str], expresult, source: WorkspaceSource,
+                     signals: np.ndarray, backend: str = "jax", cluster: Optional[str] = None,
+                     jobs: Optional[int] = None, progress=None) -> List[Dict[str, Any]]:
+    """pyhf's limits (``limit_task``) of each signal (shape (S, bins)), from
+    ``limits_path`` where known, else computed here or as Dask tasks (``cluster``) and
+    appended there as each arrives: minutes per signal for ATLAS-SUSY-2018-16, so they
+    are kept across retrainings of the network and a killed validation resumes.  Returns
+    one {"obs", "exp", "seconds"} per signal, in order."""
+    from .validation import _append_record, _read_records
+
+    path = limits_path(source, backend)
+    records = _read_records(path)
+    keys = [limit_key(source, s, backend) for s in signals]
+    todo = [keys.index(key) for key in dict.fromkeys(keys) if key not in records]
+    done = 0
+
+    def keep(i: int, outcome: Dict[str, Any]) -> None:
+        nonlocal done
+        record = {"key": keys[i], "outcome": outcome}
+        _append_record(path, record)
+        records[keys[i]] = record
+        done += 1
+        if progress:
+            progress(done, len(todo))
+
+    args = [(database, source.analysis, source.file_name, list(map(float, signals[i])), backend)
+            for i in todo]
+    if cluster and todo:
+        from dask.distributed import as_completed
+
+        from ..cluster import connect, disconnect
+
+        client, closers = connect(cluster, jobs)
+        try:
+            futures = {client.submit(limit_task, *a, pure=False): i for i, a in zip(todo, args)}
+            for future in as_completed(futures):
+                keep(futures[future], future.result())
+        finally:
+            disconnect(closers)
+    else:
+        if todo:
+            from .validation import pyhf_backend
+
+            with pyhf_backend(backend):
+                _prepare((database, source.analysis, source.file_name, backend),
+                         expresult, source)
+        for i, a in zip(todo, args):
+            keep(i, limit_task(*a))
+    return [records[key]["outcome"] for key in keys]
+
+
 def baseline(database: Optional[str], expresult, source: WorkspaceSource, backend: str = "jax"):
     """The Gaussian baseline of a full workspace's surrogate (``surrogate_baseline``): read
     from ``baseline-<backend>.json`` in the surrogate's folder when that was made from
