@@ -170,10 +170,28 @@ def validation_signals(expresult, regions: Sequence[str], count: int,
     return [candidates[i] for i in order[:count]]
 
 
+def stitching_optimizer():
+    """pyhf's scipy optimizer (SLSQP, its default) whose fits leave the fixed parameters
+    out of the minimisation (pyhf's ``do_stitch``) instead of imposing them as equality
+    constraints, also where pyhf calls the fit itself (``pyhf.infer.hypotest``, which
+    passes no fit options on).  Same likelihood and minimiser: with the signal as ~45
+    fixed parameters (``fixed_signal``), ATLAS-SUSY-2018-16's EWKinos workspace (217
+    parameters) takes 11-13 s for four fixed-mu fits instead of 72-126 s, with the
+    same -2 ln L to 2e-7 (jax backend, measured on five training signals)."""
+    import pyhf
+
+    class StitchingScipyOptimizer(pyhf.optimize.scipy_optimizer):
+        def minimize(self, *args, do_stitch: bool = True, **kwargs):
+            return super().minimize(*args, do_stitch=do_stitch, **kwargs)
+
+    return StitchingScipyOptimizer()
+
+
 @contextlib.contextmanager
 def pyhf_backend(name: str) -> Iterator[None]:
     """pyhf's backend for SModelS' pyhf interface inside the block ("numpy" or "jax":
-    exact gradients, 20-40x faster fits of the large workspaces; never before a fork)."""
+    exact gradients, 20-40x faster fits of the large workspaces, fixed parameters left
+    out of the fits (``stitching_optimizer``); never before a fork)."""
     import pyhf
 
     from ..exceptions import WorkspaceError
@@ -185,7 +203,7 @@ def pyhf_backend(name: str) -> Iterator[None]:
         except ImportError:
             raise WorkspaceError("--backend jax: jax is not installed "
                                  "(pip install 'protomodels[jax]')") from None
-        pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer())
+        pyhf.set_backend("jax", stitching_optimizer())
     try:
         yield
     finally:
