@@ -133,3 +133,30 @@ def read_json_record(path: os.PathLike, schema: str, error: Type[Exception],
     else:  # an id no shipped schema pins: the id alone
         schemas.check_id(record, schema, str(path), error)
     return record
+
+
+def read_keyed_lines(path: os.PathLike) -> Dict[str, Dict[str, Any]]:
+    """The records of a JSON-lines file of computed outcomes, by their field "key"
+    (later lines win; unreadable lines are skipped, so a line cut by an interrupted
+    write is computed again).  A missing file has none."""
+    records: Dict[str, Dict[str, Any]] = {}
+    path = Path(path)
+    if not path.exists():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            records[record["key"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def append_keyed_line(path: os.PathLike, record: Dict[str, Any]) -> None:
+    """Append one record (with a field "key") to a JSON-lines file under its lock file
+    (``path`` with suffix .lock), so that several processes may append."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path.with_suffix(".lock")):
+        with open(path, "a") as stream:
+            stream.write(json.dumps(record, sort_keys=True) + "\n")

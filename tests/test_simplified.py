@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from protomodels import fakedb, pvalue
+from protomodels.atomic import read_keyed_lines
 from protomodels.exceptions import RunError, WorkspaceError
 from protomodels.loader import load_database
 from protomodels.statistics import simplified, workspaces
@@ -327,7 +328,10 @@ from protomodels.statistics.fixed_signal import SignalAsParameters
 from tests.test_simplified import _simplified_a
 info, name, workspace, regions, srs, er = _simplified_a(load_database({str(subset_dir)!r}, "simplified"))
 first, second = validation.validation_signals(er, srs, 2)
+import inspect, pyhf
 with validation.pyhf_backend("jax"):
+    # fixed parameters (the signal) are left out of the fits, not SLSQP constraints
+    assert inspect.signature(pyhf.get_backend()[1].minimize).parameters["do_stitch"].default is True
     evaluator = SignalAsParameters(info, name, workspace, regions)
     one = evaluator.evaluate(first)
     compiled = opt_jax._jitted_objective_and_grad._cache_size()
@@ -362,7 +366,7 @@ def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
     info = SimpleNamespace(id="ATLAS-X")
     ws_a, ws_b = {"channels": [1]}, {"channels": [2]}
 
-    digests = (validation._inputs_digest(info, ws_a, []), validation._inputs_digest(info, ws_b, []))
+    digests = (validation.inputs_digest(info, ws_a, []), validation.inputs_digest(info, ws_b, []))
 
     def once(signal, records):
         return validation._evaluate_both(info, "s.json", ws_a, [], info, "f.json", ws_b, [],
@@ -370,17 +374,17 @@ def test_validation_signals_are_computed_once(tmp_path, monkeypatch):
 
     first = once({"SR1": 10.0}, {})
     assert calls == ["s.json", "f.json"]
-    again = once({"SR1": 10.0}, validation._read_records(record_file))
+    again = once({"SR1": 10.0}, read_keyed_lines(record_file))
     assert again == first and len(calls) == 2
-    once({"SR1": 5.0, "SR2": 5.0}, validation._read_records(record_file))
+    once({"SR1": 5.0, "SR2": 5.0}, read_keyed_lines(record_file))
     assert len(calls) == 4
     # a rebuilt simplified workspace recomputes its side only: the full side is reused
-    digests = (validation._inputs_digest(info, {"channels": [3]}, []), digests[1])
-    once({"SR1": 10.0}, validation._read_records(record_file))
+    digests = (validation.inputs_digest(info, {"channels": [3]}, []), digests[1])
+    once({"SR1": 10.0}, read_keyed_lines(record_file))
     assert calls[4:] == ["s.json"]
     with open(record_file, "a") as stream:
         stream.write('{"key": "cut')
-    assert len(validation._read_records(record_file)) == 5
+    assert len(read_keyed_lines(record_file)) == 5
 
 
 def test_validation_selects_analyses_or_single_workspaces():

@@ -93,26 +93,41 @@ def test_surrogate_against_pyhf_on_held_out_signals(trained):
 
 
 def test_validate_keeps_pyhf_limits_and_marks_the_domain(trained, monkeypatch):
-    """``validate``: pyhf's limits of the held-out signals are computed once and read back
-    when the network is validated again; the summary counts what its rows say, over all
-    signals and inside the domain."""
+    """``validate``: pyhf's limits of the held-out signals are those of the full workspace
+    for each row's own signal, computed once and read back when the network is validated
+    again; the summary counts what its rows say, over all signals and inside the domain."""
+    from protomodels.statistics.validation import pyhf_backend
+
+    model, source = trained["model"], trained["source"]
     kwargs = dict(ul_signals=3, backend="numpy", database=str(trained["subset"]))
-    report = surrogate.validate(trained["expresult"], trained["source"], **kwargs)
+    report = surrogate.validate(trained["expresult"], source, **kwargs)
     rows = report["upper_limit_rows"]
     assert len(rows) == 3 and all(r["obs"][0] and r["exp"][0] for r in rows)
+    # the last row is the held-out signal with the largest -2 Delta_obs: pyhf directly
+    _, x, y, _ = surrogate_data.read_split(source, "holdout", SEED + surrogate_data.HOLDOUT_OFFSET,
+                                           HOLDOUT)
+    last = int(np.argmax(-2 * y[:, 0]))
+    with pyhf_backend("numpy"):
+        fit = surrogate_data.Generator(trained["expresult"], source).fit
+        direct = fit.upper_limit({"SRB": float(x[last][0])}, expected=False)
+    assert rows[-1]["obs"][0] == pytest.approx(direct, rel=1e-9)
+    assert rows[-1]["in_domain"] == model.in_domain(x[last]).in_domain
 
     def recompute(*args, **kwargs):
         raise AssertionError("pyhf's limit was computed again")
 
     monkeypatch.setattr(surrogate_data, "limit_task", recompute)
-    again = surrogate.validate(trained["expresult"], trained["source"], **kwargs)
+    again = surrogate.validate(trained["expresult"], source, **kwargs)
     assert [r["obs"][0] for r in again["upper_limit_rows"]] == [r["obs"][0] for r in rows]
     for which in ("obs", "exp"):
         ratios = np.array([ours / theirs for theirs, ours in (r[which] for r in rows)])
+        close = np.abs(ratios - 1) <= 0.1
         inside = np.array([r["in_domain"] for r in rows])
         summary = report["upper_limits"][which]
-        assert summary["within_10pct"] == round(float(np.mean(np.abs(ratios - 1) <= 0.1)), 4)
+        assert summary["within_10pct"] == round(float(np.mean(close)), 4)
         assert summary["in_domain"] == int(inside.sum())
+        assert summary["within_10pct_in_domain"] == (round(float(np.mean(close[inside])), 4)
+                                                     if inside.any() else None)
 
 
 def test_gaussian_baseline_equals_pyhf_on_the_same_likelihood():

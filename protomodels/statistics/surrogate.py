@@ -381,8 +381,9 @@ def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
     the full workspace, kept in the cache, here or as Dask tasks with ``cluster``) for
     ``ul_signals`` held-out signals spread evenly over -2 Delta_obs, each marked in or
     outside the surrogate's domain; the time of one nll evaluation and of one upper
-    limit.  Stored in the sidecar ("validation") and returned.  Raises ``WorkspaceError``
-    when the surrogate or its data are missing."""
+    limit.  ``database``: what Dask workers load (the client's database).  Stored in the
+    sidecar ("validation") and returned.  Raises ``WorkspaceError`` when the surrogate or
+    its data are missing or pyhf's limits failed, ``RunError`` when Dask is missing."""
     surrogate = WorkspaceSurrogate.load(source)
     if surrogate is None:
         raise WorkspaceError(f"{source.analysis} {source.file_name}: no trained surrogate; "
@@ -401,8 +402,9 @@ def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
     # upper limits: signals evenly spread in -2 Delta_obs, pyhf's against the surrogate's
     order = np.argsort(minus2)
     picks = order[np.unique(np.linspace(0, len(order) - 1, min(ul_signals, len(order))).astype(int))]
-    references = data_mod.reference_limits(database, expresult, source, x[picks], backend,
-                                           cluster=cluster, jobs=jobs, progress=progress)
+    references = data_mod.reference_limits(database, expresult, source, surrogate.bins,
+                                           x[picks], backend, cluster=cluster, jobs=jobs,
+                                           progress=progress)
     rows = []
     for i, reference in zip(picks, references):
         row = {"minus2_delta": round(float(minus2[i]), 4),
@@ -527,6 +529,11 @@ def format_validation(rows: List[Dict[str, Any]]) -> str:
         strata = ", ".join(f"[{s['range'][0]:g},{s['range'][1]:g}): n={s['count']} "
                            f"med {s['median']} p95 {s['p95']}" for s in r["strata"] if s["count"])
         lines.append(f"    by -2 Delta_obs: {strata}")
+        lines.append(f"    limits of {uls['obs']['count']} signals, {uls['obs']['in_domain']} "
+                     f"inside the domain: within 10% there obs "
+                     f"{_pct(uls['obs']['within_10pct_in_domain'])}, exp "
+                     f"{_pct(uls['exp']['within_10pct_in_domain'])}; worst ratio obs "
+                     f"{uls['obs']['worst_ratio']}, exp {uls['exp']['worst_ratio']}")
     return "\n".join(lines)
 
 

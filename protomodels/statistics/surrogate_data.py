@@ -293,15 +293,28 @@ def chunk_task(database: Optional[str], analysis: str, file_name: str, split: st
     (jax, when asked, is imported here: after any fork)."""
     from .validation import pyhf_backend
 
-    key = (database, analysis, file_name, backend)
     with pyhf_backend(backend):
-        if key not in _GENERATORS:
-            from ..loader import load_database
-
-            db = load_database(database, "full")
-            _prepare(key, *find_workspace(db, analysis, file_name))
-        expresult, source, generator, shapes = _GENERATORS[key]
+        expresult, source, generator, shapes = _generator(database, analysis, file_name, backend)
         return str(make_chunk(expresult, source, split, seed, index, generator, shapes))
+
+
+def _generator(database: Optional[str], analysis: str, file_name: str, backend: str,
+               sha256: Optional[str] = None) -> tuple:
+    """(expresult, source, generator, shapes) of a workspace in this process, the database
+    loaded and the generator built on first use (under the caller's pyhf backend).
+    Raises ``WorkspaceError`` when the workspace found is not the file ``sha256`` names
+    (a worker that sees another database than the client)."""
+    key = (database, analysis, file_name, backend)
+    if key not in _GENERATORS:
+        from ..loader import load_database
+
+        db = load_database(database, "full")
+        _prepare(key, *find_workspace(db, analysis, file_name))
+    entry = _GENERATORS[key]
+    if sha256 is not None and entry[1].sha256 != sha256:
+        raise WorkspaceError(f"{analysis} {file_name}: this process' database has the "
+                             f"workspace with sha256 {entry[1].sha256}, not {sha256}")
+    return entry
 
 
 def _prepare(key: tuple, expresult, source: WorkspaceSource) -> None:
@@ -317,90 +330,96 @@ def limits_path(source: WorkspaceSource, backend: str) -> Path:
     return folder(source) / f"holdout-limits-{backend}.jsonl"
 
 
-def limit_key(source: WorkspaceSource, signal: Sequence[float], backend: str) -> str:
-    """What a reference limit depends on: the workspace (sha256), pyhf's version, the
-    backend and the signal (events per bin, exact floats)."""
-    import hashlib
-    import json
-
-    import pyhf
-
-    text = json.dumps([source.sha256, pyhf.__version__, backend, [float(v) for v in signal]])
-    return hashlib.sha256(text.encode()).hexdigest()
+#: what ``limit_task`` computes, in the key of its records (``validation.signal_key``)
+LIMIT_EVALUATOR = "fixed_signal/1 {backend} upper limits"
 
 
-def limit_task(database: Optional[str], analysis: str, file_name: str,
-               signal: Sequence[float], backend: str) -> Dict[str, Any]:
+def limit_keys(expresult, source: WorkspaceSource, signals: Sequence[Dict[str, float]],
+               backend: str) -> List[str]:
+    """The record key of each signal's reference limits (``validation.signal_key``): the
+    workspace with its region mapping, includeCRs and signal uncertainty, the signal
+    (region -> events), the backend, pyhf's and SModelS' versions."""
+    from .validation import inputs_digest, signal_key
+
+    regions, workspace = regions_of(expresult, source)
+    inputs = inputs_digest(expresult.globalInfo, workspace, regions)
+    evaluator = LIMIT_EVALUATOR.format(backend=backend)
+    return [signal_key(source.analysis, inputs, signal, evaluator) for signal in signals]
+
+
+def limit_task(database: Optional[str], analysis: str, file_name: str, sha256: str,
+               signal: Dict[str, float], backend: str) -> Dict[str, Any]:
     """pyhf's observed and a-priori expected 95% CLs upper limits on mu for one signal
-    (events per bin in the generator's ``bins`` order) on the full workspace, SModelS'
-    root search (``fixed_signal.SignalAsParameters.upper_limit``); a task: the database
-    and the workspace's model are built once per process (jax imported here, after any
-    fork).  Returns {"obs", "exp" (None where SModelS gives None), "seconds"}."""
+    (region -> events) on the full workspace, SModelS' root search
+    (``fixed_signal.SignalAsParameters.upper_limit``); a task: the database and the
+    workspace's model are built once per process (jax imported here, after any fork).
+    Returns {"obs", "exp" (None where SModelS gives None), "seconds"}.  Raises
+    ``WorkspaceError`` when this process' workspace is not the one ``sha256`` names."""
     from .validation import pyhf_backend
 
-    key = (database, analysis, file_name, backend)
     with pyhf_backend(backend):
-        if key not in _GENERATORS:
-            from ..loader import load_database
-
-            db = load_database(database, "full")
-            _prepare(key, *find_workspace(db, analysis, file_name))
-        generator = _GENERATORS[key][2]
-        named = {region: float(v) for region, v in zip(generator.bins, signal)}
+        generator = _generator(database, analysis, file_name, backend, sha256)[2]
         t0 = time.perf_counter()
-        obs = generator.fit.upper_limit(named, expected=False)
-        exp = generator.fit.upper_limit(named, expected=True)
+        obs = generator.fit.upper_limit(signal, expected=False)
+        exp = generator.fit.upper_limit(signal, expected=True)
     return {"obs": obs, "exp": exp, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def reference_limits(database: Optional[str], expresult, source: WorkspaceSource,
-                     signals: np.ndarray, backend: str = "jax", cluster: Optional[str] = None,
-                     jobs: Optional[int] = None, progress=None) -> List[Dict[str, Any]]:
-    """pyhf's limits (``limit_task``) of each signal (shape (S, bins)), from
-    ``limits_path`` where known, else computed here or as Dask tasks (``cluster``) and
-    appended there as each arrives: minutes per signal for ATLAS-SUSY-2018-16, so they
-    are kept across retrainings of the network and a killed validation resumes.  Returns
-    one {"obs", "exp", "seconds"} per signal, in order."""
-    from .validation import _append_record, _read_records
+                     bins: Sequence[str], signals: np.ndarray, backend: str = "jax",
+                     cluster: Optional[str] = None, jobs: Optional[int] = None,
+                     progress=None) -> List[Dict[str, Any]]:
+    """pyhf's limits (``limit_task``) of each signal (shape (S, len(bins)), events per
+    bin in ``bins`` order), read from ``limits_path`` where known, else computed here or
+    as Dask tasks (``cluster``: as ``walk --cluster``; ``database`` is what the workers
+    load) and appended there as each arrives: minutes per signal for ATLAS-SUSY-2018-16,
+    so they are kept across retrainings of the network and a killed validation resumes.
+    Returns one {"obs", "exp", "seconds"} per signal, in order.  Raises
+    ``WorkspaceError`` naming the workspace when limits failed (the others are kept) and
+    ``RunError`` when Dask is missing."""
+    from ..atomic import append_keyed_line, read_keyed_lines
 
     path = limits_path(source, backend)
-    records = _read_records(path)
-    keys = [limit_key(source, s, backend) for s in signals]
+    records = read_keyed_lines(path)
+    named = [{region: float(v) for region, v in zip(bins, signal)} for signal in signals]
+    keys = limit_keys(expresult, source, named, backend)
     todo = [keys.index(key) for key in dict.fromkeys(keys) if key not in records]
-    done = 0
+    failures: List[str] = []
 
-    def keep(i: int, outcome: Dict[str, Any]) -> None:
-        nonlocal done
+    def keep(n: int, i: int, outcome: Dict[str, Any]) -> None:
         record = {"key": keys[i], "outcome": outcome}
-        _append_record(path, record)
+        append_keyed_line(path, record)
         records[keys[i]] = record
-        done += 1
         if progress:
-            progress(done, len(todo))
+            progress(n, len(todo))
 
-    args = [(database, source.analysis, source.file_name, list(map(float, signals[i])), backend)
-            for i in todo]
+    args = {i: (database, source.analysis, source.file_name, source.sha256, named[i], backend)
+            for i in todo}
     if cluster and todo:
-        from dask.distributed import as_completed
-
         from ..cluster import connect, disconnect
 
         client, closers = connect(cluster, jobs)
+        from dask.distributed import as_completed  # installed: connect checked
+
         try:
-            futures = {client.submit(limit_task, *a, pure=False): i for i, a in zip(todo, args)}
-            for future in as_completed(futures):
-                keep(futures[future], future.result())
+            futures = {client.submit(limit_task, *args[i], pure=False): i for i in todo}
+            for n, future in enumerate(as_completed(futures), 1):
+                try:
+                    keep(n, futures[future], future.result())
+                except Exception as error:  # the others are still kept
+                    failures.append(str(error))
         finally:
             disconnect(closers)
-    else:
-        if todo:
-            from .validation import pyhf_backend
+    elif todo:
+        from .validation import pyhf_backend
 
-            with pyhf_backend(backend):
-                _prepare((database, source.analysis, source.file_name, backend),
-                         expresult, source)
-        for i, a in zip(todo, args):
-            keep(i, limit_task(*a))
+        with pyhf_backend(backend):  # one backend switch for all signals
+            _prepare((database, source.analysis, source.file_name, backend), expresult, source)
+            for n, i in enumerate(todo, 1):
+                keep(n, i, limit_task(*args[i]))
+    if failures:
+        raise WorkspaceError(f"{source.analysis} {source.file_name}: {len(failures)} of "
+                             f"{len(todo)} pyhf limits failed, e.g. {failures[0]}")
     return [records[key]["outcome"] for key in keys]
 
 

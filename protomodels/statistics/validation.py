@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import simplified
+from ..atomic import append_keyed_line, read_keyed_lines
 from ..schemas import schema_id
 from .workspaces import ATLAS_SIMPLIFIED, OUR_SIMPLIFIED, file_map
 
@@ -178,13 +179,19 @@ def stitching_optimizer():
     fixed parameters (``fixed_signal``), ATLAS-SUSY-2018-16's EWKinos workspace (217
     parameters) takes 11-13 s for four fixed-mu fits instead of 72-126 s, with the
     same -2 ln L to 2e-7 (jax backend, measured on five training signals)."""
-    import pyhf
+    global _STITCHING
+    if _STITCHING is None:
+        import pyhf
 
-    class StitchingScipyOptimizer(pyhf.optimize.scipy_optimizer):
-        def minimize(self, *args, do_stitch: bool = True, **kwargs):
-            return super().minimize(*args, do_stitch=do_stitch, **kwargs)
+        class StitchingScipyOptimizer(pyhf.optimize.scipy_optimizer):
+            def minimize(self, *args, do_stitch: bool = True, **kwargs):
+                return super().minimize(*args, do_stitch=do_stitch, **kwargs)
 
-    return StitchingScipyOptimizer()
+        _STITCHING = StitchingScipyOptimizer
+    return _STITCHING()
+
+
+_STITCHING = None  # the optimizer class, defined on first use (pyhf imported lazily)
 
 
 @contextlib.contextmanager
@@ -262,7 +269,7 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def _inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]]) -> str:
+def inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]]) -> str:
     """What a workspace's evaluations depend on besides the signal: the workspace, its
     region-to-channel mapping, includeCRs and the signal uncertainty."""
     return _digest({"workspace": workspace, "regions": regions,
@@ -270,9 +277,9 @@ def _inputs_digest(info, workspace: Dict[str, Any], regions: List[Dict[str, Any]
                     "signalUncertainty": getattr(info, "signalUncertainty", None)})
 
 
-def _signal_key(analysis: str, inputs: str, signal: Dict[str, float], evaluator: str) -> str:
+def signal_key(analysis: str, inputs: str, signal: Dict[str, float], evaluator: str) -> str:
     """What one side's outcome for a validation signal depends on, as a sha256 hex digest:
-    that workspace's inputs (``_inputs_digest``), the signal, the evaluator (SModelS' pyhf
+    that workspace's inputs (``inputs_digest``), the signal, the evaluator (SModelS' pyhf
     interface with numpy, or ``fixed_signal`` with jax), the pyhf and SModelS versions and
     ``RECORD_VERSION``.  The two sides are keyed apart, so that a rebuilt simplified
     workspace reuses the full workspace's (costly) outcomes."""
@@ -309,39 +316,15 @@ def _record_file(analysis: str, file_name: str) -> Path:
     return cache_dir() / "simplified" / "validation" / f"{analysis}-{Path(file_name).stem}.jsonl"
 
 
-def _read_records(path: Path) -> Dict[str, Dict[str, Any]]:
-    """The signal outcomes recorded in ``path`` by key (unreadable lines are skipped: a
-    line cut by an interrupted write is recomputed)."""
-    records: Dict[str, Dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-            records[record["key"]] = record
-        except (ValueError, KeyError, TypeError):
-            continue
-    return records
-
-
-def _append_record(path: Path, record: Dict[str, Any]) -> None:
-    from ..atomic import file_lock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_suffix(".lock")):
-        with open(path, "a") as stream:
-            stream.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: str, full_ws,
                    full_regions, signal: Dict[str, float], backend: str,
                    records: Dict[str, Dict[str, Any]], record_file: Path,
                    digests: Tuple[str, str]) -> Dict[str, Any]:
     """One signal on the simplified and the full workspace, each side from its record if
-    present (``digests``: both workspaces' ``_inputs_digest``, computed once per file)."""
+    present (``digests``: both workspaces' ``inputs_digest``, computed once per file)."""
     full_evaluator_name = "fixed_signal/1 jax" if backend == "jax" else f"smodels {backend}"
-    keys = {"simplified": _signal_key(info.id, digests[0], signal, "smodels numpy"),
-            "full": _signal_key(info.id, digests[1], signal, full_evaluator_name)}
+    keys = {"simplified": signal_key(info.id, digests[0], signal, "smodels numpy"),
+            "full": signal_key(info.id, digests[1], signal, full_evaluator_name)}
     outcome = {}
     for side, key in keys.items():
         if key in records:
@@ -357,7 +340,7 @@ def _evaluate_both(info, name: str, simple_ws, regions, full_info, full_name: st
                 else:
                     value = evaluate_signal(full_info, full_name, full_ws, full_regions, signal)
         record = {"key": key, "side": side, "outcome": _plain(value)}
-        _append_record(record_file, record)
+        append_keyed_line(record_file, record)
         records[key] = record
         outcome[side] = record["outcome"]
     return outcome
@@ -400,9 +383,9 @@ def validity(db_simplified, db_full, signals: int, costly_signals: int,
             wanted = costly_signals if costly else signals
             table = []
             record_file = _record_file(info.id, full_name)  # kept per full workspace
-            records = _read_records(record_file)
-            digests = (_inputs_digest(info, info.jsons[index], regions),
-                       _inputs_digest(full_info, full_info.jsons[index], full_regions))
+            records = read_keyed_lines(record_file)
+            digests = (inputs_digest(info, info.jsons[index], regions),
+                       inputs_digest(full_info, full_info.jsons[index], full_regions))
             for number, signal in enumerate(validation_signals(expresult, srs, wanted)):
                 both = _evaluate_both(info, name, info.jsons[index], regions, full_info,
                                       full_name, full_info.jsons[index], full_regions, signal,
