@@ -399,9 +399,9 @@ def reference_limits(database: Optional[str], expresult, source: WorkspaceSource
         from ..cluster import connect, disconnect
 
         client, closers = connect(cluster, jobs)
-        from dask.distributed import as_completed  # installed: connect checked
-
         try:
+            from dask.distributed import as_completed  # installed: connect checked
+
             futures = {client.submit(limit_task, *args[i], pure=False): i for i in todo}
             for n, future in enumerate(as_completed(futures), 1):
                 try:
