@@ -405,17 +405,17 @@ def validate(expresult, source: data_mod.WorkspaceSource, ul_signals: int = 60,
     references = data_mod.reference_limits(database, expresult, source, surrogate.bins,
                                            x[picks], backend, cluster=cluster, jobs=jobs,
                                            progress=progress)
+    inside = [surrogate.in_domain(signal).in_domain for signal in x]
     rows = []
     for i, reference in zip(picks, references):
-        row = {"minus2_delta": round(float(minus2[i]), 4),
-               "in_domain": surrogate.in_domain(x[i]).in_domain}
+        row = {"minus2_delta": round(float(minus2[i]), 4), "in_domain": inside[i]}
         for which, expected in (("obs", False), ("exp", True)):
             row[which] = [reference[which], surrogate.upper_limit(x[i], expected=expected)]
         rows.append(row)
     report["upper_limits"] = _limit_summary(rows)
     report["upper_limit_rows"] = rows
     report["timing"] = _timing(surrogate, x[picks[len(picks) // 2]])
-    report["domain_share"] = round(float(np.mean([surrogate.in_domain(s).in_domain for s in x])), 4)
+    report["domain_share"] = round(float(np.mean(inside)), 4)
     _, json_path = model_paths(source)
     sidecar = dict(surrogate.sidecar, validation=report)
     write_json_atomic(json_path, sidecar)
