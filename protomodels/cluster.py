@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .exceptions import RunError
 from .runs import ChainSettings, Runner, advance_chain
@@ -60,6 +62,73 @@ def connect(spec: str, jobs: Optional[int] = None):
         return client, [client]
     raise RunError(f"--cluster {spec!r}: expected a scheduler address (tcp://host:port), "
                    f"'local', or one of {', '.join(JOBQUEUE)}")
+
+
+@dataclass
+class TaskOutcome:
+    """One finished task of ``tasks``: its index among the arguments, and its result or
+    the reason it has none (``error``: the task's exception, or a sentence when it was
+    cancelled because its worker or the scheduler went away)."""
+
+    index: int
+    result: Any = None
+    error: Optional[BaseException] = None
+
+    def value(self, what: str = "task") -> Any:
+        """The result; raises ``RunError`` naming ``what`` when the task failed."""
+        if self.error is not None:
+            raise RunError(f"{what} {self.index} failed on the cluster: {self.error!r}")
+        return self.result
+
+
+class TaskBatch:
+    """Tasks submitted by ``tasks``: ``client``, ``workers`` (at submission), ``label``
+    (the dashboard link or the ``--cluster`` value) and ``completed()``."""
+
+    def __init__(self, client, futures: List[Any], label: str):
+        self.client, self.futures, self.label = client, futures, label
+        self.workers = len(client.scheduler_info().get("workers", {}))
+
+    def completed(self) -> Iterator[TaskOutcome]:
+        """The tasks' outcomes in the order they finish."""
+        from dask.distributed import as_completed
+
+        index = {future.key: i for i, future in enumerate(self.futures)}
+        for future in as_completed(self.futures):
+            i = index[future.key]
+            if future.status == "finished":
+                yield TaskOutcome(i, result=future.result())
+            elif future.status == "cancelled":  # exception() would raise CancelledError
+                yield TaskOutcome(i, error=RunError(
+                    f"task {future.key} was cancelled (its worker or the scheduler went "
+                    "away); run again to continue"))
+            else:
+                yield TaskOutcome(i, error=future.exception())
+
+
+@contextmanager
+def tasks(spec: str, jobs: Optional[int], function: Callable,
+          arguments: Sequence[tuple], keys: Optional[Sequence[str]] = None) -> Iterator[TaskBatch]:
+    """``function(*arguments[i])`` for every i as Dask tasks on ``--cluster spec``
+    (``connect``), as a context that yields the ``TaskBatch``.  Leaving it early (an
+    error, Ctrl-C) cancels the unfinished tasks, so that none writes afterwards; leaving
+    it always disconnects.  ``keys``: Dask task keys (default: Dask's own, unique);
+    give them where tasks of several clients share a scheduler and must not be merged.
+    Raises ``RunError`` as ``connect`` does."""
+    client, closers = connect(spec, jobs)
+    futures: List[Any] = []
+    try:
+        for i, args in enumerate(arguments):
+            extra = {"key": keys[i]} if keys is not None else {}
+            futures.append(client.submit(function, *args, pure=False, **extra))
+        batch = TaskBatch(client, futures, client.dashboard_link or spec)
+        try:
+            yield batch
+        except BaseException:
+            client.cancel(futures, force=True)
+            raise
+    finally:
+        disconnect(closers)
 
 
 def _physics_score(config: Dict[str, Any]) -> Callable:

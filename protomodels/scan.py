@@ -559,33 +559,19 @@ def _run_local(chunks: List[Chunk], hiscore_point, config: Dict[str, Any],
 def _run_dask(chunks: List[Chunk], config: Dict[str, Any], spec: str, jobs: Optional[int],
               score_factory: Optional[Callable[[], Score]], key: str,
               finished: Callable[[List[Dict[str, Any]]], None]) -> str:
-    """One Dask task per chunk (``cluster.connect``); results are stored as they come."""
-    from .cluster import connect, disconnect
+    """One Dask task per chunk (``cluster.tasks``); results are stored as they come."""
+    from .cluster import tasks
 
-    client, closers = connect(spec, jobs)
-    try:
-        from dask.distributed import as_completed
-
-        workers = len(client.scheduler_info().get("workers", {}))
-        logger.info("scan: %s, %d tasks", client.dashboard_link or spec, len(chunks))
-        futures = [client.submit(scan_task, chunk, config, score_factory, pure=False,
-                                 key=f"protomodels-scan-{key}-{i}")
-                   for i, chunk in enumerate(chunks)]
-        try:
-            for future in as_completed(futures):
-                if future.status == "cancelled":  # exception() would raise CancelledError
-                    raise ScanError(f"--cluster {spec}: scan task {future.key} was cancelled "
-                                    "(its worker or the scheduler went away); run again to "
-                                    "continue")
-                if future.status != "finished":
-                    raise ScanError(f"--cluster {spec}: scan task {future.key} failed: "
-                                    f"{future.exception()!r}")
-                finished(future.result())
-        except BaseException:
-            client.cancel(futures, force=True)
-            raise
-    finally:
-        disconnect(closers)
+    arguments = [(chunk, config, score_factory) for chunk in chunks]
+    keys = [f"protomodels-scan-{key}-{i}" for i in range(len(chunks))]
+    with tasks(spec, jobs, scan_task, arguments, keys) as batch:
+        logger.info("scan: %s, %d tasks", batch.label, len(chunks))
+        for outcome in batch.completed():
+            if outcome.error is not None:
+                raise ScanError(f"--cluster {spec}: scan task {keys[outcome.index]} failed: "
+                                f"{outcome.error}")
+            finished(outcome.result)
+        workers = batch.workers
     return f"Dask {spec} ({workers} workers)"
 
 

@@ -97,3 +97,27 @@ def test_a_killed_worker_has_its_walker_resumed_elsewhere(tmp_path):
                  for line in (run / f"walker-{i}" / "timings.txt").read_text().splitlines()]
         assert steps == list(range(1, 61)), f"walker {i}: a step missing or twice"
     assert max(killed_at.values()) < 60
+
+
+def square_unless_three(x):
+    if x == 3:
+        raise ValueError("three")
+    return x * x
+
+
+def test_tasks_give_each_outcome_and_disconnect(tmp_path):
+    """``cluster.tasks``, shared by scans, training data and reference limits: every
+    task's result or error by its index, whatever the order they finish in; a failure
+    raises only when its value is asked for; the client is closed on leaving."""
+    from protomodels.cluster import tasks
+    from protomodels.exceptions import RunError
+
+    with tasks("local", 2, square_unless_three, [(x,) for x in range(6)]) as batch:
+        outcomes = {o.index: o for o in batch.completed()}
+        client = batch.client
+    assert sorted(outcomes) == list(range(6))
+    assert [outcomes[i].value() for i in (0, 1, 2, 4, 5)] == [0, 1, 4, 16, 25]
+    assert isinstance(outcomes[3].error, ValueError)
+    with pytest.raises(RunError, match="chunk 3 failed on the cluster.*three"):
+        outcomes[3].value("chunk")
+    assert client.status == "closed"

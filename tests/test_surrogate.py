@@ -223,6 +223,20 @@ def test_asymptotic_cls_equals_pyhf_hypotest():
             assert surrogate.asymptotic_cls(q, q_a) == pytest.approx(expected, rel=1e-6, abs=1e-9)
 
 
+def test_gaussian_limit_by_hand():
+    """The root search's first guess: with mu-hat = 0, q = q_A = (mu / sigma)^2 and
+    CLs = 2 Phi(-mu / sigma), so the 95% limit is 1.95996 sigma; with mu-hat > 0 the limit
+    solves the qtilde CLs of a Gaussian, and scales with (mu-hat, sigma)."""
+    assert surrogate.gaussian_limit(0.0, 1.0) == pytest.approx(1.959964, rel=1e-5)
+    assert surrogate.gaussian_limit(0.0, 2.5) == pytest.approx(2.5 * 1.959964, rel=1e-5)
+    limit = surrogate.gaussian_limit(1.5, 1.0)
+    assert surrogate.asymptotic_cls((limit - 1.5) ** 2, limit ** 2) == pytest.approx(0.05, abs=1e-7)
+    assert surrogate.gaussian_limit(3.0, 2.0) == pytest.approx(2.0 * limit, rel=1e-5)
+    assert surrogate.parabola_vertex([0.0, 1.0, 3.0], [-(0.0 - 1.3) ** 2, -(1.0 - 1.3) ** 2,
+                                                       -(3.0 - 1.3) ** 2]) == pytest.approx(1.3)
+    assert surrogate.parabola_vertex([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]) is None
+
+
 def test_domain_check_and_the_fallback_of_likelihood_surrogate(trained):
     model = trained["model"]
     assert model.in_domain(np.array([0.5 * model.max_events[0]])).in_domain

@@ -64,16 +64,17 @@ LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own
 #: the mu-hat search: this grid times EDGE_FACTOR times the largest mu whose signal stays
 #: in the training range (far beyond it the network extrapolates, and a spurious maximum
 #: there would make every limit below it infinite), then polished
-MU_GRID = np.concatenate([[0.0], np.geomspace(1e-5, 1.0, 16)])
+MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 8)])
 #: how far beyond the training range's edge along the signal mu-hat may lie: a held-out
 #: EWKinos signal with a large excess had its maximum at 1.9x the edge (capping it there
 #: made the limit 2.2x too large), a spurious one of 2018-04 at about 20x
 EDGE_FACTOR = 3.0
-POLISH_POINTS = 9
+ZOOM_ROUNDS, ZOOM_SHRINK = 3, 0.25  # of the mu-hat search (``_maximum``)
 #: (mu-hat, Delta) of the Asimov data of a background-only fit: mu-hat = 0 by construction
 #: (Cowan et al., arXiv:1007.1727, section 5), where Delta = 0 exactly
 ASIMOV_FIT = (0.0, 0.0)
 UL_RTOL = 1e-4  # of the limit's root search (SModelS' own: 1e-3)
+BRACKET_FACTOR = 1.25  # the bracket grows from the first guess by this factor per step
 
 
 def require_onnx() -> None:
@@ -285,70 +286,128 @@ class WorkspaceSurrogate:
         """Asymptotic qtilde CLs of mu x signal (module docstring); ``expected``: the
         a-priori expected data set (background yields) instead of the observed one."""
         column = 1 if expected else 0
-        return self._cls(mu, signal, column, self._maximum(signal, column))
-
-    def _cls(self, mu: float, signal: np.ndarray, column: int, fit: tuple) -> float:
-        """CLs of mu x signal given the data set's maximum (mu-hat, Delta_D(mu-hat))
-        (``_maximum``); on its Asimov data set the maximum is ``ASIMOV_FIT``."""
-        d, d_asimov = self.deltas(mu * np.asarray(signal)[None], columns=[column, column + 2])[0]
-        q = 0.0 if fit[0] > mu else max(0.0, 2.0 * (fit[1] - d))
-        q_a = max(0.0, 2.0 * (ASIMOV_FIT[1] - d_asimov))
-        return asymptotic_cls(q, q_a)
+        return asymptotic_cls(*self._q_values(mu, signal, column, self._maximum(signal, column)))
 
     def _maximum(self, signal: np.ndarray, column: int) -> tuple:
         """(mu-hat, Delta_D(mu-hat x signal)), 0 <= mu-hat <= ``EDGE_FACTOR`` x the
-        training range's edge along the signal: ``MU_GRID`` in one call, then a fine grid between the best
-        point's neighbours and the vertex of the parabola through the best of those and
-        its neighbours."""
+        training range's edge along the signal.
+
+        ``MU_GRID`` in one call finds the best grid point; then ``ZOOM_ROUNDS`` rounds
+        each evaluate, in one call, the points a step either side of the best so far and
+        move to the vertex of the parabola through the best three, the step shrinking
+        by ``ZOOM_SHRINK`` per round.  Rows, not calls, cost time here (``bench``)."""
         signal = np.asarray(signal, dtype=float)
         filled = signal > 0
         edge = float(np.min(self.max_events[filled] / signal[filled])) if np.any(filled) else 1.0
         grid = MU_GRID * EDGE_FACTOR * edge
-        values = self.deltas(np.outer(grid, signal), columns=[column])[:, 0]
+
+        def at(mus) -> np.ndarray:
+            return self.deltas(np.outer(mus, signal), columns=[column])[:, 0]
+
+        mus, values = list(grid), list(at(grid))
         i = int(np.argmax(values))
-        lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-        mus = np.unique(np.concatenate([np.linspace(lo, hi, POLISH_POINTS), [grid[i]]]))
-        values = self.deltas(np.outer(mus, signal), columns=[column])[:, 0]
+        best, step = mus[i], 0.25 * (grid[min(i + 1, len(grid) - 1)] - grid[max(i - 1, 0)])
+        for _ in range(ZOOM_ROUNDS):
+            trial = [m for m in (best - step, best + step) if 0.0 <= m <= grid[-1]]
+            mus += trial
+            values += list(at(trial))
+            order = np.argsort(mus)
+            xs, ys = np.asarray(mus)[order], np.asarray(values)[order]
+            j = int(np.argmax(ys))
+            best = float(xs[j])
+            if 0 < j < len(xs) - 1:
+                vertex = parabola_vertex(xs[j - 1:j + 2], ys[j - 1:j + 2])
+                if vertex is not None:
+                    mus.append(vertex)
+                    values.append(float(at([vertex])[0]))
+                    if values[-1] > ys[j]:
+                        best = vertex
+            step *= ZOOM_SHRINK
         j = int(np.argmax(values))
-        mu_hat, best = float(mus[j]), float(values[j])
-        if 0 < j < len(mus) - 1:
-            (x0, x1, x2), (y0, y1, y2) = mus[j - 1:j + 2], values[j - 1:j + 2]
-            # the vertex of the parabola through the three points
-            numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
-            denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
-            if denominator != 0:
-                vertex = float(x1 - 0.5 * numerator / denominator)
-                if x0 < vertex < x2:
-                    value = float(self.deltas(vertex * signal[None], columns=[column])[0, 0])
-                    if value > best:
-                        mu_hat, best = vertex, value
-        return mu_hat, best
+        return float(mus[j]), float(values[j])
 
     def upper_limit(self, signal: np.ndarray, expected: bool = False,
                     cl: float = 0.95) -> Optional[float]:
         """The CLs upper limit on mu for ``signal`` (None for a zero signal or when no
-        bracket is found below mu = 1e6)."""
+        bracket is found below mu = 1e6).
+
+        The root search starts where the asymptotic formulae with a Gaussian likelihood
+        put the limit (``gaussian_limit``: mu-hat, and the width sigma = mu / sqrt(q_A(mu))
+        read off the Asimov data set at mu = 1), moves that guess once with the width at
+        the guess, and brackets the root from there: on EWKinos' held-out signals about
+        seven CLs evaluations, and 16 rows in the mu-hat search instead of 28."""
         signal = np.asarray(signal, dtype=float)
         if not np.any(signal > 0):
             return None
         alpha = 1.0 - cl
         column = 1 if expected else 0
         fit = self._maximum(signal, column)
-        known: Dict[float, float] = {}
+        known: Dict[float, tuple] = {}
 
-        def excess(mu: float) -> float:
-            if mu not in known:  # the bracket's ends come back in brentq
-                known[mu] = self._cls(mu, signal, column, fit) - alpha
+        def evaluate(mu: float) -> tuple:
+            if mu not in known:  # brentq asks for the bracket's ends again
+                known[mu] = self._q_values(mu, signal, column, fit)
             return known[mu]
 
-        lo, hi = 1e-6, 1.0
-        while excess(hi) > 0:
-            lo, hi = hi, hi * 3.0
-            if hi > 1e6:
-                return None
-        if excess(lo) < 0:
-            return lo
+        def excess(mu: float) -> float:
+            return asymptotic_cls(*evaluate(mu)) - alpha
+
+        guess = 1.0
+        for _ in range(2):  # the guess, then the guess with the width measured there
+            q_asimov = evaluate(guess)[1]
+            if not q_asimov > 0:
+                break
+            guess = gaussian_limit(fit[0], guess / math.sqrt(q_asimov), alpha)
+            if not 0 < guess < 1e6:
+                guess = 1.0
+                break
+        lo = hi = guess
+        if excess(guess) > 0:
+            while excess(hi) > 0:  # CLs falls with mu: the root lies above
+                lo, hi = hi, hi * BRACKET_FACTOR
+                if hi > 1e6:
+                    return None
+        else:
+            while excess(lo) <= 0:
+                lo, hi = lo / BRACKET_FACTOR, lo
+                if lo < 1e-6:
+                    return hi
         return float(optimize.brentq(excess, lo, hi, rtol=UL_RTOL, xtol=1e-9))
+
+    def _q_values(self, mu: float, signal: np.ndarray, column: int, fit: tuple) -> tuple:
+        """(qtilde, qtilde on the Asimov data) of mu x signal given the data set's maximum
+        (``_maximum``); on the Asimov data set the maximum is ``ASIMOV_FIT``."""
+        d, d_asimov = self.deltas(mu * np.asarray(signal)[None], columns=[column, column + 2])[0]
+        q = 0.0 if fit[0] > mu else max(0.0, 2.0 * (fit[1] - d))
+        return q, max(0.0, 2.0 * (ASIMOV_FIT[1] - d_asimov))
+
+
+def parabola_vertex(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
+    """The abscissa of the vertex of the parabola through three points (xs increasing),
+    None when they are collinear or the vertex falls outside [xs[0], xs[2]]."""
+    (x0, x1, x2), (y0, y1, y2) = xs, ys
+    numerator = (x1 - x0) ** 2 * (y1 - y2) - (x1 - x2) ** 2 * (y1 - y0)
+    denominator = (x1 - x0) * (y1 - y2) - (x1 - x2) * (y1 - y0)
+    if denominator == 0:
+        return None
+    vertex = float(x1 - 0.5 * numerator / denominator)
+    return vertex if x0 < vertex < x2 else None
+
+
+def gaussian_limit(mu_hat: float, sigma: float, alpha: float = 0.05) -> float:
+    """The CLs upper limit of a Gaussian likelihood in mu (mu-hat, width sigma) with the
+    asymptotic qtilde formulae (``asymptotic_cls`` with q = ((mu - mu-hat) / sigma)^2 for
+    mu >= mu-hat, q_A = (mu / sigma)^2; Cowan et al., arXiv:1007.1727): the root search's
+    first guess in ``WorkspaceSurrogate.upper_limit``."""
+    mu_hat = max(mu_hat, 0.0)
+
+    def excess(mu: float) -> float:
+        return asymptotic_cls(((mu - mu_hat) / sigma) ** 2, (mu / sigma) ** 2) - alpha
+
+    hi = mu_hat + 3.0 * sigma
+    while excess(hi) > 0:
+        hi += 3.0 * sigma
+    return float(optimize.brentq(excess, max(mu_hat, 1e-9 * sigma), hi, rtol=1e-6))
 
 
 def asymptotic_cls(q: float, q_asimov: float) -> float:

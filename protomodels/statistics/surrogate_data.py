@@ -396,20 +396,14 @@ def reference_limits(database: Optional[str], expresult, source: WorkspaceSource
     args = {i: (database, source.analysis, source.file_name, source.sha256, named[i], backend)
             for i in todo}
     if cluster and todo:
-        from ..cluster import connect, disconnect
+        from ..cluster import tasks
 
-        client, closers = connect(cluster, jobs)
-        try:
-            from dask.distributed import as_completed  # installed: connect checked
-
-            futures = {client.submit(limit_task, *args[i], pure=False): i for i in todo}
-            for n, future in enumerate(as_completed(futures), 1):
-                try:
-                    keep(n, futures[future], future.result())
-                except Exception as error:  # the others are still kept
-                    failures.append(str(error))
-        finally:
-            disconnect(closers)
+        with tasks(cluster, jobs, limit_task, [args[i] for i in todo]) as batch:
+            for n, outcome in enumerate(batch.completed(), 1):
+                if outcome.error is not None:  # the others are still kept
+                    failures.append(str(outcome.error))
+                else:
+                    keep(n, todo[outcome.index], outcome.result)
     elif todo:
         from .validation import pyhf_backend
 
@@ -473,18 +467,15 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                 source.file_name, len(todo), len(wanted), CHUNK)
     t0 = time.perf_counter()
     if cluster:
-        from ..cluster import connect, disconnect
+        from ..cluster import tasks
 
-        client, closers = connect(cluster, jobs)
-        try:
-            futures = [client.submit(chunk_task, database, analysis, source.file_name, split,
-                                     s, i, backend, pure=False) for split, s, i in todo]
-            for n, future in enumerate(futures, 1):
-                future.result()
+        arguments = [(database, analysis, source.file_name, split, s, i, backend)
+                     for split, s, i in todo]
+        with tasks(cluster, jobs, chunk_task, arguments) as batch:
+            for n, outcome in enumerate(batch.completed(), 1):
+                outcome.value("training data chunk")  # its file is written by the task
                 if progress:
                     progress(n, len(todo))
-        finally:
-            disconnect(closers)
     else:  # chunk_task builds this process' generator unless ``baseline`` above did
         for n, (split, s, i) in enumerate(todo, 1):
             chunk_task(database, analysis, source.file_name, split, s, i, backend)
