@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .exceptions import RunError
+from .exceptions import ProtomodelsError, RunError
 from .runs import ChainSettings, Runner, advance_chain
 
 logger = logging.getLogger(__name__)
@@ -75,10 +75,20 @@ class TaskOutcome:
     error: Optional[BaseException] = None
 
     def value(self, what: str = "task") -> Any:
-        """The result; raises ``RunError`` naming ``what`` when the task failed."""
-        if self.error is not None:
-            raise RunError(f"{what} {self.index} failed on the cluster: {self.error!r}")
-        return self.result
+        """The result.  When the task failed, raises its error if that is one of ours
+        (``ProtomodelsError``: it names its file or result), else ``RunError`` naming
+        ``what``."""
+        if self.error is None:
+            return self.result
+        if isinstance(self.error, ProtomodelsError):
+            raise self.error
+        raise RunError(f"{what} failed on the cluster: {self.describe()}") from self.error
+
+    def describe(self) -> str:
+        """The failure in one line (empty for a result)."""
+        if self.error is None:
+            return ""
+        return str(self.error) if isinstance(self.error, ProtomodelsError) else repr(self.error)
 
 
 class TaskBatch:
@@ -110,9 +120,10 @@ class TaskBatch:
 def tasks(spec: str, jobs: Optional[int], function: Callable,
           arguments: Sequence[tuple], keys: Optional[Sequence[str]] = None) -> Iterator[TaskBatch]:
     """``function(*arguments[i])`` for every i as Dask tasks on ``--cluster spec``
-    (``connect``), as a context that yields the ``TaskBatch``.  Leaving it early (an
-    error, Ctrl-C) cancels the unfinished tasks, so that none writes afterwards; leaving
-    it always disconnects.  ``keys``: Dask task keys (default: Dask's own, unique);
+    (``connect``), as a context that yields the ``TaskBatch``.  An error or Ctrl-C inside
+    it cancels the unfinished tasks: those not started are dropped (running ones finish
+    on a scheduler that outlives the client, so tasks must write atomically); leaving it
+    always disconnects.  ``keys``: Dask task keys (default: Dask's own, unique);
     give them where tasks of several clients share a scheduler and must not be merged.
     Raises ``RunError`` as ``connect`` does."""
     client, closers = connect(spec, jobs)
@@ -125,7 +136,10 @@ def tasks(spec: str, jobs: Optional[int], function: Callable,
         try:
             yield batch
         except BaseException:
-            client.cancel(futures, force=True)
+            try:  # a scheduler that went away must not hide the error
+                client.cancel(futures, force=True)
+            except Exception:
+                logger.debug("cancelling the tasks failed", exc_info=True)
             raise
     finally:
         disconnect(closers)

@@ -568,8 +568,8 @@ def _run_dask(chunks: List[Chunk], config: Dict[str, Any], spec: str, jobs: Opti
         logger.info("scan: %s, %d tasks", batch.label, len(chunks))
         for outcome in batch.completed():
             if outcome.error is not None:
-                raise ScanError(f"--cluster {spec}: scan task {keys[outcome.index]} failed: "
-                                f"{outcome.error}")
+                raise ScanError(f"--cluster {spec}: scan task {keys[outcome.index]}: "
+                                f"{outcome.describe()}")
             finished(outcome.result)
         workers = batch.workers
     return f"Dask {spec} ({workers} workers)"

@@ -99,25 +99,45 @@ def test_a_killed_worker_has_its_walker_resumed_elsewhere(tmp_path):
     assert max(killed_at.values()) < 60
 
 
-def square_unless_three(x):
+def square_unless_three_or_four(x):
     if x == 3:
         raise ValueError("three")
+    if x == 4:
+        from protomodels.exceptions import WorkspaceError
+        raise WorkspaceError("four.json: field 'x' is 4")
     return x * x
 
 
-def test_tasks_give_each_outcome_and_disconnect(tmp_path):
+def sleep_a_while(x):
+    time.sleep(1.0)
+    return x
+
+
+def test_tasks_give_each_outcome_cancel_and_disconnect(tmp_path):
     """``cluster.tasks``, shared by scans, training data and reference limits: every
     task's result or error by its index, whatever the order they finish in; a failure
-    raises only when its value is asked for; the client is closed on leaving."""
+    raises only when its value is asked for (our own errors as they are, others as
+    RunError); an error inside the block cancels the tasks not yet run; the client is
+    closed on leaving."""
     from protomodels.cluster import tasks
-    from protomodels.exceptions import RunError
+    from protomodels.exceptions import RunError, WorkspaceError
 
-    with tasks("local", 2, square_unless_three, [(x,) for x in range(6)]) as batch:
+    with tasks("local", 2, square_unless_three_or_four, [(x,) for x in range(6)],
+               keys=[f"square-{x}" for x in range(6)]) as batch:
         outcomes = {o.index: o for o in batch.completed()}
         client = batch.client
+        assert [f.key for f in batch.futures] == [f"square-{x}" for x in range(6)]
     assert sorted(outcomes) == list(range(6))
-    assert [outcomes[i].value() for i in (0, 1, 2, 4, 5)] == [0, 1, 4, 16, 25]
-    assert isinstance(outcomes[3].error, ValueError)
-    with pytest.raises(RunError, match="chunk 3 failed on the cluster.*three"):
+    assert [outcomes[i].value() for i in (0, 1, 2, 5)] == [0, 1, 4, 25]
+    with pytest.raises(RunError, match=r"chunk failed on the cluster: ValueError\('three'\)"):
         outcomes[3].value("chunk")
+    with pytest.raises(WorkspaceError, match="four.json"):
+        outcomes[4].value("chunk")
     assert client.status == "closed"
+
+    with pytest.raises(KeyError):
+        with tasks("local", 1, sleep_a_while, [(x,) for x in range(5)]) as batch:
+            for outcome in batch.completed():
+                raise KeyError(outcome.index)
+    statuses = [f.status for f in batch.futures]
+    assert statuses.count("finished") <= 2 and "cancelled" in statuses

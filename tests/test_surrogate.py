@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import optimize
 
 from protomodels.exceptions import WorkspaceError
 from protomodels.loader import load_database
@@ -235,6 +236,68 @@ def test_gaussian_limit_by_hand():
     assert surrogate.parabola_vertex([0.0, 1.0, 3.0], [-(0.0 - 1.3) ** 2, -(1.0 - 1.3) ** 2,
                                                        -(3.0 - 1.3) ** 2]) == pytest.approx(1.3)
     assert surrogate.parabola_vertex([0.0, 1.0, 2.0], [0.0, 1.0, 2.0]) is None
+
+
+class CountingSurrogate(surrogate.WorkspaceSurrogate):
+    """Stands in for a trained network: a one-bin Poisson counting experiment without
+    nuisance parameters, whose Delta_D(n) = d ln(1 + n / b) - n is exact (d: the observed
+    count for the observed data set; the background b for the expected one and for both
+    Asimov ones, the background-only fit having nothing to fit).  Counts the rows."""
+
+    def __init__(self, observed: float, background: float, max_events: float = 1e3):
+        self.observed, self.background = observed, background
+        self.max_events = np.array([max_events])
+        self.rows = 0
+
+    def deltas(self, signals, columns=None):
+        n = np.atleast_2d(signals)[:, 0]
+        self.rows += len(n)
+        b = self.background
+        out = np.stack([d * np.log1p(n / b) - n for d in (self.observed, b, b, b)], axis=1)
+        return out if columns is None else out[:, list(columns)]
+
+
+def counting_limit(observed: float, background: float, signal: float) -> float:
+    """The qtilde CLs limit of the counting experiment by brute force: CLs from its exact
+    q and q_A, mu-hat in closed form, one root search over the whole range."""
+    def delta(d, mu):
+        return d * np.log1p(mu * signal / background) - mu * signal
+
+    mu_hat = max((observed - background) / signal, 0.0)
+
+    def excess(mu):
+        q = 0.0 if mu < mu_hat else 2.0 * (delta(observed, mu_hat) - delta(observed, mu))
+        return surrogate.asymptotic_cls(q, -2.0 * delta(background, mu)) - 0.05
+
+    return optimize.brentq(excess, 1e-6, 1e6, rtol=1e-12, xtol=1e-12)
+
+
+@pytest.mark.parametrize("observed,background,signal", [
+    (60, 50, 10.0), (45, 50, 10.0), (50, 50, 0.02), (3, 0.5, 1.0), (0, 2.0, 4.0)])
+def test_upper_limit_search_equals_brute_force(observed, background, signal):
+    """The surrogate's mu-hat search and limit root search (whatever their shortcuts) give
+    the counting experiment's exact mu-hat and CLs limit, observed and expected, in at most
+    18 rows for mu-hat and 50 for a limit."""
+    model = CountingSurrogate(observed, background)
+    mu_hat, best = model._maximum(np.array([signal]), 0)
+    assert model.rows <= 18
+    exact = max((observed - background) / signal, 0.0)
+    assert mu_hat == pytest.approx(exact, rel=1e-3, abs=1e-6)
+    model.rows = 0
+    assert model.upper_limit(np.array([signal])) == pytest.approx(
+        counting_limit(observed, background, signal), rel=2e-4)
+    assert model.rows <= 50
+    assert model.upper_limit(np.array([signal]), expected=True) == pytest.approx(
+        counting_limit(background, background, signal), rel=2e-4)
+
+
+def test_upper_limit_search_ends():
+    """None when CLs stays above 0.05 up to mu = 1e6, quickly; the lower end otherwise."""
+    model = CountingSurrogate(50, 50)
+    assert model.upper_limit(np.array([1e-6])) is None
+    assert model.rows <= 50
+    assert model.upper_limit(np.zeros(1)) is None
+    assert CountingSurrogate(0, 1e3).upper_limit(np.array([1e9])) == surrogate.MU_RANGE[0]
 
 
 def test_domain_check_and_the_fallback_of_likelihood_surrogate(trained):

@@ -63,7 +63,7 @@ DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
 LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
 #: the mu-hat search: this grid times EDGE_FACTOR times the largest mu whose signal stays
 #: in the training range (far beyond it the network extrapolates, and a spurious maximum
-#: there would make every limit below it infinite), then polished
+#: there would make every limit below it infinite), then zoomed (``_maximum``)
 MU_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1.0, 8)])
 #: how far beyond the training range's edge along the signal mu-hat may lie: a held-out
 #: EWKinos signal with a large excess had its maximum at 1.9x the edge (capping it there
@@ -74,7 +74,8 @@ ZOOM_ROUNDS, ZOOM_SHRINK = 3, 0.25  # of the mu-hat search (``_maximum``)
 #: (Cowan et al., arXiv:1007.1727, section 5), where Delta = 0 exactly
 ASIMOV_FIT = (0.0, 0.0)
 UL_RTOL = 1e-4  # of the limit's root search (SModelS' own: 1e-3)
-BRACKET_FACTOR = 1.25  # the bracket grows from the first guess by this factor per step
+BRACKET_FACTOR = 1.25  # the limit's bracket grows from its first guess by this factor
+MU_RANGE = (1e-6, 1e6)  # where the limit's root search looks
 
 
 def require_onnx() -> None:
@@ -295,7 +296,9 @@ class WorkspaceSurrogate:
         ``MU_GRID`` in one call finds the best grid point; then ``ZOOM_ROUNDS`` rounds
         each evaluate, in one call, the points a step either side of the best so far and
         move to the vertex of the parabola through the best three, the step shrinking
-        by ``ZOOM_SHRINK`` per round.  Rows, not calls, cost time here (``bench``)."""
+        by ``ZOOM_SHRINK`` per round: at most 18 signals (rows) of the network and the
+        baseline, whose cost grows with the rows, where the former grid-and-polish took
+        28."""
         signal = np.asarray(signal, dtype=float)
         filled = signal > 0
         edge = float(np.min(self.max_events[filled] / signal[filled])) if np.any(filled) else 1.0
@@ -328,14 +331,14 @@ class WorkspaceSurrogate:
 
     def upper_limit(self, signal: np.ndarray, expected: bool = False,
                     cl: float = 0.95) -> Optional[float]:
-        """The CLs upper limit on mu for ``signal`` (None for a zero signal or when no
-        bracket is found below mu = 1e6).
+        """The CLs upper limit on mu for ``signal``: None for a zero signal or when CLs
+        stays above 1 - cl up to mu = 1e6, 1e-6 when it is below already there
+        (``MU_RANGE``).
 
         The root search starts where the asymptotic formulae with a Gaussian likelihood
         put the limit (``gaussian_limit``: mu-hat, and the width sigma = mu / sqrt(q_A(mu))
         read off the Asimov data set at mu = 1), moves that guess once with the width at
-        the guess, and brackets the root from there: on EWKinos' held-out signals about
-        seven CLs evaluations, and 16 rows in the mu-hat search instead of 28."""
+        the guess, brackets the root from there and polishes it with Brent's method."""
         signal = np.asarray(signal, dtype=float)
         if not np.any(signal > 0):
             return None
@@ -352,26 +355,31 @@ class WorkspaceSurrogate:
         def excess(mu: float) -> float:
             return asymptotic_cls(*evaluate(mu)) - alpha
 
-        guess = 1.0
+        guess, guessed = 1.0, False
         for _ in range(2):  # the guess, then the guess with the width measured there
             q_asimov = evaluate(guess)[1]
             if not q_asimov > 0:
                 break
-            guess = gaussian_limit(fit[0], guess / math.sqrt(q_asimov), alpha)
-            if not 0 < guess < 1e6:
-                guess = 1.0
-                break
+            new = gaussian_limit(fit[0], guess / math.sqrt(q_asimov), alpha)
+            if not MU_RANGE[0] < new < MU_RANGE[1]:
+                break  # keep the last usable guess
+            guess, guessed = new, True
+        # the bracket grows from the guess by BRACKET_FACTOR, squared at every step (from
+        # mu = 1 without a guess by 3, 9, 81, ...): a few steps to either end of MU_RANGE
+        factor = BRACKET_FACTOR if guessed else 3.0
         lo = hi = guess
         if excess(guess) > 0:
             while excess(hi) > 0:  # CLs falls with mu: the root lies above
-                lo, hi = hi, hi * BRACKET_FACTOR
-                if hi > 1e6:
+                if hi >= MU_RANGE[1]:
                     return None
+                lo, hi = hi, min(hi * factor, MU_RANGE[1])
+                factor *= factor
         else:
             while excess(lo) <= 0:
-                lo, hi = lo / BRACKET_FACTOR, lo
-                if lo < 1e-6:
-                    return hi
+                if lo <= MU_RANGE[0]:
+                    return lo
+                lo, hi = max(lo / factor, MU_RANGE[0]), lo
+                factor *= factor
         return float(optimize.brentq(excess, lo, hi, rtol=UL_RTOL, xtol=1e-9))
 
     def _q_values(self, mu: float, signal: np.ndarray, column: int, fit: tuple) -> tuple:
@@ -398,16 +406,22 @@ def gaussian_limit(mu_hat: float, sigma: float, alpha: float = 0.05) -> float:
     """The CLs upper limit of a Gaussian likelihood in mu (mu-hat, width sigma) with the
     asymptotic qtilde formulae (``asymptotic_cls`` with q = ((mu - mu-hat) / sigma)^2 for
     mu >= mu-hat, q_A = (mu / sigma)^2; Cowan et al., arXiv:1007.1727): the root search's
-    first guess in ``WorkspaceSurrogate.upper_limit``."""
+    first guess in ``WorkspaceSurrogate.upper_limit``.  alpha < 0.5; NaN for a width
+    that is not positive and finite."""
     mu_hat = max(mu_hat, 0.0)
+    if not 0 < sigma < math.inf:
+        return math.nan
 
     def excess(mu: float) -> float:
         return asymptotic_cls(((mu - mu_hat) / sigma) ** 2, (mu / sigma) ** 2) - alpha
 
-    hi = mu_hat + 3.0 * sigma
-    while excess(hi) > 0:
-        hi += 3.0 * sigma
-    return float(optimize.brentq(excess, max(mu_hat, 1e-9 * sigma), hi, rtol=1e-6))
+    offset = 3.0 * sigma  # doubled until CLs is below alpha there
+    for _ in range(60):
+        if excess(mu_hat + offset) <= 0:
+            return float(optimize.brentq(excess, max(mu_hat, 1e-9 * sigma), mu_hat + offset,
+                                         rtol=1e-6))
+        offset *= 2.0
+    return math.nan
 
 
 def asymptotic_cls(q: float, q_asimov: float) -> float:

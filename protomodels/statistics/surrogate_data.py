@@ -400,10 +400,10 @@ def reference_limits(database: Optional[str], expresult, source: WorkspaceSource
 
         with tasks(cluster, jobs, limit_task, [args[i] for i in todo]) as batch:
             for n, outcome in enumerate(batch.completed(), 1):
-                if outcome.error is not None:  # the others are still kept
-                    failures.append(str(outcome.error))
-                else:
-                    keep(n, todo[outcome.index], outcome.result)
+                try:  # a failure is reported after the others are kept
+                    keep(n, todo[outcome.index], outcome.value("pyhf limit"))
+                except Exception as error:
+                    failures.append(str(error))
     elif todo:
         from .validation import pyhf_backend
 
@@ -473,7 +473,8 @@ def generate(database: Optional[str], analysis: str, file_name: Optional[str], s
                      for split, s, i in todo]
         with tasks(cluster, jobs, chunk_task, arguments) as batch:
             for n, outcome in enumerate(batch.completed(), 1):
-                outcome.value("training data chunk")  # its file is written by the task
+                where = chunk_path(source, *todo[outcome.index])  # the task writes it
+                outcome.value(f"training data chunk {where}")
                 if progress:
                     progress(n, len(todo))
     else:  # chunk_task builds this process' generator unless ``baseline`` above did
