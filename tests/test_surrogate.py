@@ -300,6 +300,25 @@ def test_upper_limit_search_ends():
     assert CountingSurrogate(0, 1e3).upper_limit(np.array([1e9])) == surrogate.MU_RANGE[0]
 
 
+def test_domain_where_used_reaches_the_limit_of_an_excluded_signal():
+    """A signal outside the training range at mu = 1 is used when it is inside at 1.3x its
+    larger upper limit (the critic and K go no further), and not otherwise."""
+    class Ranged(CountingSurrogate):
+        def in_domain(self, signal):
+            inside = bool(np.all(np.asarray(signal) <= self.max_events))
+            return surrogate.DomainCheck(inside, "" if inside else "a bin outside the range")
+
+    model = Ranged(50, 50, max_events=25.0)
+    reach = surrogate.REACH_FACTOR * max(model.upper_limit(np.array([40.0]), expected=e)
+                                         for e in (False, True))
+    assert 10.0 < reach * 40.0 < 25.0
+    check = model.in_domain_where_used(np.array([40.0]))
+    assert check.in_domain and f"up to mu = {reach:.3g}" in check.reason
+    assert model.in_domain_where_used(np.array([20.0])) == surrogate.DomainCheck(True)
+    assert not Ranged(50, 50, max_events=10.0).in_domain_where_used(np.array([40.0])).in_domain
+    assert not Ranged(50, 50, max_events=12.0).in_domain_where_used(np.array([15.0])).in_domain
+
+
 def test_domain_check_and_the_fallback_of_likelihood_surrogate(trained):
     model = trained["model"]
     assert model.in_domain(np.array([0.5 * model.max_events[0]])).in_domain

@@ -60,6 +60,9 @@ HIDDEN = (64, 64, 64)
 DEFAULT_SAMPLES = 5000
 DEFAULT_HOLDOUT = 500
 DISTANCE_QUANTILE, DISTANCE_FACTOR = 0.995, 1.5
+#: a signal outside the domain at mu = 1 is still used if it is inside at this many times
+#: its upper limit (``in_domain_where_used``): the paper's r_limit (SPEC section 5)
+REACH_FACTOR = 1.3
 LOCAL_FACTOR = 3.0  # or up to this many times the nearest training signal's own spacing
 #: the mu-hat search: this grid times EDGE_FACTOR times the largest mu whose signal stays
 #: in the training range (far beyond it the network extrapolates, and a spurious maximum
@@ -276,6 +279,23 @@ class WorkspaceSurrogate:
             return DomainCheck(False, f"{distance:.2g} from the training signals "
                                       f"(cut {cut:.2g})")
         return DomainCheck(True)
+
+    def in_domain_where_used(self, signal: np.ndarray) -> DomainCheck:
+        """``in_domain`` of the signal at mu = 1 or, when that fails, at ``REACH_FACTOR``
+        times the larger of its two upper limits if that is below 1.  A model that this
+        result excludes is evaluated by the critic and K only up to mu_max = r_limit /
+        r_max <= r_limit x this limit (SPEC section 5), never at mu = 1; the reason then
+        says up to which mu the signal is inside."""
+        check = self.in_domain(signal)
+        if check.in_domain:
+            return check
+        limits = [self.upper_limit(signal, expected=e) for e in (False, True)]
+        if any(u is None for u in limits) or REACH_FACTOR * max(limits) >= 1.0:
+            return check
+        reach = REACH_FACTOR * max(limits)
+        if not self.in_domain(reach * np.asarray(signal, dtype=float)).in_domain:
+            return check
+        return DomainCheck(True, f"inside up to mu = {reach:.3g}; at mu = 1 {check.reason}")
 
     def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
         """-Delta_obs(mu x signal): -ln L(mu) relative to mu = 0, vectorised in mu."""
@@ -683,7 +703,7 @@ class SignalSurrogate:
                 USAGE["not trained"] += 1
                 return
             vector = surrogate.vector(signal)
-            check = surrogate.in_domain(vector)
+            check = surrogate.in_domain_where_used(vector)
             if not check.in_domain:
                 self.reason = f"outside domain of {name}: {check.reason}"
                 USAGE["outside domain"] += 1
