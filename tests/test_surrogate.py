@@ -370,3 +370,24 @@ def test_train_command_names_a_missing_analysis(subset_dir):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         "Error: surrogate: analysis 'ATLAS-NOPE' is not in the database")
+
+
+def test_regions_of_refuses_a_simplified_workspace_under_the_full_ones_name(tmp_path):
+    """Our simplified workspaces of ATLAS-SUSY-2018-04 and -16 keep the full workspace's
+    file name: with the database loaded in another mode, the training data and reference
+    limits must not silently use them."""
+    from types import SimpleNamespace
+
+    from protomodels.statistics import workspaces
+
+    regions = [{"smodels": "SR1", "type": "SR"}]
+    source = surrogate_data.WorkspaceSource("A", "W.json", tmp_path / "W.json", "0" * 64, ("SR1",))
+    for kind in (workspaces.FULL, workspaces.OUR_SIMPLIFIED):
+        info = SimpleNamespace(id="A", jsonFiles={"W.json": regions}, jsons=[{"kind": kind}])
+        setattr(info, workspaces.CHOICE, workspaces.WorkspaceChoice("A", ["W.json"], [kind]))
+        expresult = SimpleNamespace(globalInfo=info)
+        if kind == workspaces.FULL:
+            assert surrogate_data.regions_of(expresult, source) == (regions, {"kind": kind})
+        else:
+            with pytest.raises(WorkspaceError, match="W.json is not in use as the full workspace"):
+                surrogate_data.regions_of(expresult, source)

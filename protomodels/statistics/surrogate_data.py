@@ -115,11 +115,17 @@ def regions_of(expresult, source: WorkspaceSource) -> Tuple[List[Dict[str, Any]]
     must be loaded with the full likelihood (``use_likelihood(db, "full")``), whose region
     lists are repaired for order matching (``overrides.restore_order_matching``).
     Raises ``WorkspaceError`` otherwise."""
+    from .workspaces import FULL, choice
+
     info = expresult.globalInfo
     files = list(info.jsonFiles)
-    if source.file_name not in files:
-        raise WorkspaceError(f"{info.id}: {source.file_name} is not in use; load the database "
-                             "with the full likelihood")
+    chosen = choice(expresult)
+    # a simplified workspace of ours keeps the full one's file name: ask what it is
+    if source.file_name not in files or (
+            chosen is not None and source.file_name in chosen.files
+            and chosen.kinds[chosen.files.index(source.file_name)] != FULL):
+        raise WorkspaceError(f"{info.id}: {source.file_name} is not in use as the full "
+                             "workspace; load the database with the full likelihood")
     index = files.index(source.file_name)
     return info.jsonFiles[source.file_name], info.jsons[index]
 
