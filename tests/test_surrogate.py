@@ -340,6 +340,10 @@ def test_domain_check_and_the_fallback_of_likelihood_surrogate(trained):
         untrained = surrogate.SignalSurrogate(attached, {"SRB": 1.0, region_a: 1.0})
         assert not untrained.usable and untrained.reason == "not trained: BkgOnlyA.json"
         too_big = surrogate.SignalSurrogate(attached, {"SRB": 3.0 * model.max_events[0]})
+        assert too_big.usable  # outside at mu = 1, inside at 1.3x its limit
+        with pytest.MonkeyPatch.context() as patch:  # no limit, so no reach: it falls back
+            patch.setattr(attached.surrogates[1], "upper_limit", lambda *args, **kwargs: None)
+            too_big = surrogate.SignalSurrogate(attached, {"SRB": 3.0 * model.max_events[0]})
         assert not too_big.usable and too_big.reason.startswith("outside domain of BkgOnlyB.json")
     finally:
         surrogate.detach(db)
