@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -186,6 +186,8 @@ class DomainCheck:
 
     in_domain: bool
     reason: str = ""
+    #: {expected: upper limit} where the check computed them (``in_domain_where_used``)
+    limits: Dict[bool, Optional[float]] = field(default_factory=dict)
 
 
 class WorkspaceSurrogate:
@@ -289,13 +291,14 @@ class WorkspaceSurrogate:
         check = self.in_domain(signal)
         if check.in_domain:
             return check
-        limits = [self.upper_limit(signal, expected=e) for e in (False, True)]
-        if any(u is None for u in limits) or REACH_FACTOR * max(limits) >= 1.0:
+        limits = {e: self.upper_limit(signal, expected=e) for e in (False, True)}
+        if any(u is None for u in limits.values()) or REACH_FACTOR * max(limits.values()) >= 1.0:
             return check
-        reach = REACH_FACTOR * max(limits)
+        reach = REACH_FACTOR * max(limits.values())
         if not self.in_domain(reach * np.asarray(signal, dtype=float)).in_domain:
             return check
-        return DomainCheck(True, f"inside up to mu = {reach:.3g}; at mu = 1 {check.reason}")
+        return DomainCheck(True, f"inside up to mu = {reach:.3g}; at mu = 1 {check.reason}",
+                           limits)
 
     def nll(self, mu: np.ndarray | float, signal: np.ndarray) -> np.ndarray | float:
         """-Delta_obs(mu x signal): -ln L(mu) relative to mu = 0, vectorised in mu."""
@@ -708,15 +711,15 @@ class SignalSurrogate:
                 self.reason = f"outside domain of {name}: {check.reason}"
                 USAGE["outside domain"] += 1
                 return
-            candidates.append((surrogate, vector))
+            candidates.append((surrogate, vector, dict(check.limits)))
         if not candidates:
             self.reason = "no signal in the full workspaces"
             return
         if len(candidates) > 1:
-            limits = [s.upper_limit(v, expected=True) for s, v in candidates]
+            limits = [_limit(candidate, True) for candidate in candidates]
             candidates = [candidates[int(np.argmin([math.inf if u is None else u
                                                     for u in limits]))]]
-        self.surrogate, self.vector = candidates[0]
+        self.surrogate, self.vector, self.limits = candidates[0]
         self.usable = True
         USAGE["surrogate"] += 1
 
@@ -724,5 +727,14 @@ class SignalSurrogate:
         return float(self.surrogate.nll(mu, self.vector))
 
     def upper_limit(self, expected: bool) -> Optional[float]:
-        """Upper limit on mu (multiply by the predicted sigma x eff for fb)."""
-        return self.surrogate.upper_limit(self.vector, expected=expected)
+        """Upper limit on mu (multiply by the predicted sigma x eff for fb), computed
+        once: the domain check or the choice of workspace may have done it already."""
+        return _limit((self.surrogate, self.vector, self.limits), expected)
+
+
+def _limit(candidate: tuple, expected: bool) -> Optional[float]:
+    """A (surrogate, signal vector, {expected: limit}) candidate's limit, kept in its dict."""
+    surrogate, vector, limits = candidate
+    if expected not in limits:
+        limits[expected] = surrogate.upper_limit(vector, expected=expected)
+    return limits[expected]
