@@ -218,14 +218,12 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
         record, first = score(model), 1
         store.truncate_history(0)
         store.save_checkpoint(0, model, record, rng)
-    records: Dict[int, Dict[str, Any]] = {}
     candidates: List[Dict[str, Any]] = [] if resume else [_candidate(record, walker, 0, model,
                                                                      temperature)]
 
-    def scored(candidate: ProtoModel) -> float:
+    def scored(candidate: ProtoModel) -> Tuple[float, Dict[str, Any]]:
         result = score(candidate)
-        records[id(candidate)] = result
-        return float(result["K"])
+        return float(result["K"]), result  # the record comes back as the step's blob
 
     def checkpoint(step_number: int, state_model: ProtoModel, size: int,
                    state_record: Dict[str, Any]) -> None:
@@ -263,11 +261,11 @@ def run_walker(folder: Path, seed: np.random.SeedSequence, score: Score, steps: 
     clock = time.perf_counter()
     try:
         for step in sample(model, float(record["K"]), scored, moves, rng, steps,
-                           temperature=temperature, first_step=first, screen=screen):
+                           temperature=temperature, first_step=first, screen=screen,
+                           blob=record):
+            record = step.blob
             if step.accepted:
-                record = records[id(step.model)]
                 candidates.append(_candidate(record, walker, step.step, step.model, temperature))
-            records.clear()
             line = {"step": step.step, "move": step.move, "accepted": step.accepted,
                     **record, "model": step.model.to_dict()}
             if screen is not None:
