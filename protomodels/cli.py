@@ -703,20 +703,26 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
                    "with it (undecided within 0.1).  The search gap is the walk's best K "
                    "minus the injected model's, as injected / polished (negative: the walk "
                    "fell short).  About 2 minutes a run.")
-@click.option("--max-evaluations", type=click.IntRange(min=1), default=150, show_default=True,
-              help="K evaluations per reference fit.")
+@click.option("--expected", is_flag=True,
+              help="Also the same fits on the batch's Asimov fake database (no draws: "
+                   "n_obs = b + s, UL_obs = UL_exp plus the signal), built once beside the "
+                   "runs as asimov-<digest>/: the K each particle gains in about the median "
+                   "fake, with the best combinations with and without it.  About 2 minutes.")
+@click.option("--max-evaluations", type=click.IntRange(min=1), default=150,
+              show_default=True, help="K evaluations per reference fit.")
 @click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('closure')}).")
 @click.option("--output-file", default=None, metavar="FILE", help="Write the output here.")
 @_handle_errors
-def closure(runs, injected: Optional[Path], window: float, fits: bool, max_evaluations: int,
-            as_json: bool, output_file: Optional[str]) -> None:
+def closure(runs, injected: Optional[Path], window: float, fits: bool, expected: bool,
+            max_evaluations: int, as_json: bool, output_file: Optional[str]) -> None:
     """Injection closure: did the runs on fake databases with an injected model (e.g.
     `fakes --inject paper_best.slha --fudge 0.65`) find its particles, and only them?
-    With --reference-fits: should they have, i.e. does K prefer each particle there?"""
+    With --reference-fits: should they have, i.e. does K prefer each particle there?
+    With --expected: how much K each particle gains without noise."""
     from . import closure as study
 
     report = study.closure(runs, injected=injected, window=window, fits=fits,
-                           max_evaluations=max_evaluations)
+                           max_evaluations=max_evaluations, expected=expected)
     _emit(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n" if as_json
           else study.format_closure(report) + "\n", output_file)
 

@@ -23,21 +23,35 @@ the injected model without each of its particles in turn; a particle is *preferr
 that fake when the first K is higher.  The walk's best K minus the polished injected K
 (``search_gap``, against the injected model as injected and polished) tells a search
 that fell short (negative) from one that found the injected model or a better one.
-Differences of polished K below ``UNDECIDED`` are left undecided.
+Differences of polished K below ``UNDECIDED`` are left undecided.  Each fit also records
+the best combination of its polished model: an injected particle whose analyses cannot
+be combined with those of another injected particle (the published combinability
+matrices) adds only what its results gain over the ones they displace.
+
+*Expected fits* (``--expected``) are the reference fits on the batch's *Asimov* fake
+database: the same base database and injected model with no draws at all (n_obs = b + s,
+UL_obs = UL_exp plus the injected signal; ``fakedb --noise fixed``).  Its delta K
+approximates the median over fakes (the Asimov data set of Cowan, Cranmer, Gross and
+Vitells, Eur. Phys. J. C 71 (2011) 1554, section 3.2), so it says before any walk how
+often a search that maximises K can recover each injected particle: a delta K of a few
+units or less is lost to the noise of a sizeable share of fakes.  The Asimov database is
+built once, beside the runs, in ``asimov-<digest>/`` (the digest covers the base
+database and the injected model), and reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .exceptions import DatabaseError, RunError
-from .fakedb import read_record
+from .fakedb import RECORD, read_record
 from .model import LSP, NAMES, PIDS, ProtoModel
 from .moves import Space, freezable, log_reference, remove_particle
 from .polish import MAX_EVALUATIONS, Score, polish_model, run_score
@@ -111,16 +125,10 @@ def _read_injected(path: Path, source: str) -> ProtoModel:
         raise RunError(f"{source}: not a readable proto-model ({error})") from None
 
 
-def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> ProtoModel:
-    """The injected model: from ``injected`` (an SLHA file) or, by
-    default, from the SLHA text that the run's fake database records (``fakedb.json``,
-    found where run.json says or, for a moved batch, beside the run as ``fakes`` lays it
-    out).
-
-    Raises ``RunError`` (one line, naming the file and field) when the run did not use a
-    fake database with an injected model and no file is given, or the model is unreadable."""
-    if injected is not None:
-        return _read_injected(Path(injected), str(injected))
+def _fake_record(run: Dict[str, Any]) -> Path:
+    """The fakedb.json of a run (a ``pvalue.run_summary``) with an injected model: where
+    run.json says or, for a moved batch, beside the run as ``fakes`` lays it out.
+    ``RunError`` naming run.json's field when the run has no such database."""
     fake = run.get("fake")
     if not fake:
         raise RunError(f"{run['run']}/run.json: field 'versions.database_fake' is null: the run "
@@ -132,6 +140,20 @@ def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> Prot
     record = Path(fake["record"])
     if not record.exists():  # a batch moved since, or read from another folder
         record = Path(run["run"]).parent / record.parent.name / record.name
+    return record
+
+
+def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> ProtoModel:
+    """The injected model: from ``injected`` (an SLHA file) or, by
+    default, from the SLHA text that the run's fake database records (``fakedb.json``,
+    found where run.json says or, for a moved batch, beside the run as ``fakes`` lays it
+    out).
+
+    Raises ``RunError`` (one line, naming the file and field) when the run did not use a
+    fake database with an injected model and no file is given, or the model is unreadable."""
+    if injected is not None:
+        return _read_injected(Path(injected), str(injected))
+    record = _fake_record(run)
     try:
         injected_record = read_record(record)["injected"]
     except DatabaseError as error:  # unreadable, or not a fake database record of ours
@@ -140,7 +162,7 @@ def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> Prot
         raise RunError(f"{record}: field 'injected' is null: nothing was injected; give --injected")
     text = injected_record["slha"]
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(fake["injected"]).name
+        path = Path(folder) / Path(run["fake"]["injected"]).name
         path.write_text(text)
         return _read_injected(path, f"{record}: field 'injected.slha'")
 
@@ -151,15 +173,26 @@ def _fitted_K(fit: Dict[str, Any]) -> Optional[float]:
     return k if math.isfinite(k) else None
 
 
+def _combination(fit: Dict[str, Any]) -> Optional[List[str]]:
+    """The best combination of a ``polish_model`` result as ANALYSIS:DATASET (None when
+    the score records none)."""
+    members = (fit["record"] or {}).get("combination")
+    if members is None:
+        return None
+    return [f"{m['analysis_id']}:{m['dataset']}" for m in members]
+
+
 def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_EVALUATIONS,
                    space: Optional[Space] = None) -> Dict[str, Any]:
     """Which of ``model``'s particles K prefers under ``score`` (module docstring): the
     model polished, and the model without each non-LSP particle polished alike, each
     with at most ``max_evaluations`` evaluations of ``score``.
 
-    Returns ``{"K_start", "K", "evaluations", "seconds", "without": [{"particle", "kind",
-    "mass" (GeV), "K", "delta_K", "preferred", "note"}]}``, particles by rising mass; K
-    values are the polished ones, delta_K = K(model) - K(without the particle).
+    Returns ``{"K_start", "K", "evaluations", "seconds", "combination", "without":
+    [{"particle", "kind", "mass" (GeV), "K", "delta_K", "preferred", "note",
+    "combination"}]}``, particles by rising mass; K values are the polished ones, delta_K =
+    K(model) - K(without the particle), combinations those of the polished models (None
+    when ``score`` records none).
     ``preferred`` is None (undecided, with a note) when |delta_K| < UNDECIDED (two local
     optima of different dimension, each found with a finite budget), when a K is not
     finite, or for a particle the walker's Freeze could not remove alone (the lighter of
@@ -171,7 +204,7 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
     rows = []
     for pid in sorted((p for p in model.masses if p != LSP), key=lambda p: model.masses[p]):
         row = {"particle": NAMES[pid], "kind": kind(pid), "mass": model.masses[pid],
-               "K": None, "delta_K": None, "preferred": None, "note": ""}
+               "K": None, "delta_K": None, "preferred": None, "note": "", "combination": None}
         reduced = remove_particle(model, pid)
         if pid not in freezable(model) or log_reference(reduced, space) == -math.inf:
             row["note"] = "cannot be removed alone (an ordered pair, or a decay into it)"
@@ -181,6 +214,7 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
         evaluations += without["evaluations"]
         seconds += without["seconds"]
         row["K"] = k = _fitted_K(without)
+        row["combination"] = _combination(without)
         if k is None or k_full is None:
             row["note"] = "no finite K: undecided"
         else:
@@ -192,13 +226,66 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
         rows.append(row)
     start = fit["K_start"] if math.isfinite(fit["K_start"]) else None
     return {"K_start": start, "K": k_full, "evaluations": evaluations,
-            "seconds": seconds, "without": rows}
+            "seconds": seconds, "combination": _combination(fit), "without": rows}
+
+
+def asimov_database(run: Dict[str, Any]) -> Tuple[Path, bool]:
+    """The Asimov fake database of a run's batch (module docstring): its folder, and
+    whether it was built now (False: an earlier one was reused).  ``run`` is a
+    ``pvalue.run_summary``.  It has the base database and the injected model of the run's
+    own fake database, and is built in ``asimov-<digest>/`` beside the run (about 20 s).
+
+    Raises ``RunError`` when the run did not use a fake database with an injected model,
+    and ``DatabaseError`` when the run's base database cannot be found as it was."""
+    from . import fakedb
+
+    record_file = _fake_record(run)
+    record = read_record(record_file)
+    injected = record.get("injected")
+    if not injected:
+        raise RunError(f"{record_file}: field 'injected' is null: nothing was injected, so "
+                       "there is no Asimov database to build")
+    base = record["base"]
+    digest = hashlib.sha256(f"{base.get('sha256')}\n{injected['slha']}".encode()).hexdigest()[:12]
+    folder = Path(run["run"]).parent / f"asimov-{digest}"
+    if (folder / RECORD).exists():
+        existing = read_record(folder / RECORD)
+        if (existing["noise"] == "fixed" and existing["base"].get("sha256") == base.get("sha256")
+                and (existing["injected"] or {}).get("slha") == injected["slha"]):
+            return folder, False
+        raise RunError(f"{folder / RECORD}: not the Asimov database of {record_file} "
+                       "(another base, injected model or noise): remove the folder")
+    source = base.get("source")
+    with tempfile.TemporaryDirectory() as scratch:
+        model_file = Path(scratch) / Path(injected.get("file") or "injected.slha").name
+        model_file.write_text(injected["slha"])
+        built = fakedb.generate(folder, seed=int(record["seed"]),
+                                base=source if source and Path(source).exists() else None,
+                                inject=model_file, fudge=float(record["fudge"]), noise="fixed")
+    if built["base"].get("sha256") != base.get("sha256") or \
+            (built["injected"] or {}).get("slha") != injected["slha"]:
+        raise DatabaseError(f"{folder / RECORD}: built from another base database or model "
+                            f"than {record_file} (field 'base.sha256' or 'injected.slha' differs)")
+    return folder, True
+
+
+def expected_fits(run_dir: Path, model: ProtoModel, max_evaluations: int = MAX_EVALUATIONS,
+                  score_of: Callable[..., Score] = run_score) -> Dict[str, Any]:
+    """``reference_fits`` of ``model`` on the Asimov fake database of ``run_dir``'s batch
+    (``asimov_database``), with the run's own score there: ``score_of(run_dir,
+    database=FOLDER)``.  Returns the fits plus ``database`` (the folder) and ``built``."""
+    folder, built = asimov_database(run_summary(run_dir))
+    logger.info("%s: expected fits of the injected model on the Asimov database %s",
+                run_dir, folder)
+    fits = reference_fits(model, score_of(Path(run_dir), database=str(folder)), max_evaluations)
+    return {"database": str(folder), "built": built, **fits}
 
 
 def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
             window: float = DEFAULT_WINDOW, fits: bool = False,
             max_evaluations: int = MAX_EVALUATIONS,
-            score_of: Callable[[Path], Score] = run_score) -> Dict[str, Any]:
+            score_of: Callable[..., Score] = run_score,
+            expected: bool = False) -> Dict[str, Any]:
     """The closure report (schema protomodels.closure/1): per run its best K, best model
     and the match to the injected model; over runs, per injected particle the rate at
     which it was found and the rate of runs with spurious particles, each with its
@@ -212,6 +299,10 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     the rates gain, per injected particle, how often K prefers it and how often it was
     found where K prefers it.  Costly: (1 + particles) x ``max_evaluations`` evaluations
     a run, about 2 minutes a run for the paper's model on a fake database.
+
+    With ``expected``, the report gains ``expected``: ``expected_fits`` of the injected
+    model on the batch's Asimov database (that of the first run; about 20 s to build once,
+    then as one run's reference fits).
 
     Raises ``RunError`` for a folder that is not a run with hiscores, for runs of
     different injected models, or without an injected model (see ``injected_model``)."""
@@ -257,8 +348,12 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
                   "interval_68": clopper_pearson(k, n)})
     for text in warnings:
         logger.warning("%s", text)
-    return {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
-            "warnings": warnings}
+    report = {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
+              "warnings": warnings}
+    if expected:
+        model = injected_model(run_summary(runs[0]), injected)
+        report["expected"] = expected_fits(Path(runs[0]), model, max_evaluations, score_of)
+    return report
 
 
 def _preference_rates(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -300,16 +395,35 @@ def format_closure(report: Dict[str, Any]) -> str:
                      f"{verdict}; spurious: {spurious}")
         if "reference" in row:
             ref = row["reference"]
-            deltas = ", ".join(f"{w['particle']} {_number(w['delta_K'], '+.2f')}"
-                               + ("" if w["preferred"] is not None else f" ({w['note']})")
-                               for w in ref["without"])
             gap = row["search_gap"]
             lines.append(f"{'':<28} {'':>7}  injected model: K {_number(ref['K_start'])} as "
                          f"injected, {_number(ref['K'])} polished; search gap "
                          f"{_number(gap['K_start'], '+.2f')} / {_number(gap['K'], '+.2f')}; "
-                         f"K gained with each particle: {deltas}")
+                         f"K gained with each particle: {_gains(ref)}")
     for rate in report["rates"]:
         low, high = rate["interval_68"]
         lines.append(f"{rate['what']}: {rate['k']}/{rate['n']} "
                      f"(68% interval {low:.2f}-{high:.2f})")
+    if "expected" in report:
+        ref = report["expected"]
+        lines.append(f"expected (Asimov database {ref['database']}"
+                     f"{', built now' if ref['built'] else ''}): injected model K "
+                     f"{_number(ref['K_start'])} as injected, {_number(ref['K'])} polished; "
+                     f"K gained with each particle: {_gains(ref)}")
+        lines.append(f"  best combination: {_members(ref['combination'])}")
+        for w in ref["without"]:
+            if w["K"] is not None:
+                lines.append(f"  without {w['particle']}: {_members(w['combination'])}")
     return "\n".join(lines)
+
+
+def _gains(ref: Dict[str, Any]) -> str:
+    return ", ".join(f"{w['particle']} {_number(w['delta_K'], '+.2f')}"
+                     + ("" if w["preferred"] is not None else f" ({w['note']})")
+                     for w in ref["without"])
+
+
+def _members(combination: Optional[List[str]]) -> str:
+    if combination is None:
+        return "not recorded"
+    return ", ".join(combination) or "none (no excess)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -142,3 +143,51 @@ def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
     assert rates["Xt found where K prefers it"] == (found, 2)
     assert "Xd found where K prefers it" not in rates
     assert "search gap" in format_closure(report)
+
+
+def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path):
+    """`closure --expected`: the reference fits on a noise-free fake database with the
+    runs' base database and injected model, built once beside the runs; its K as injected
+    equals K of the injected model on an Asimov database made directly."""
+    from click.testing import CliRunner
+
+    from protomodels import fakedb, significance
+    from protomodels.cli import cli
+    from protomodels.loader import load_database
+    from protomodels.slha import read_slha
+
+    out = tmp_path / "batch"
+    made = CliRunner().invoke(cli, ["fakes", "--count", "1", "--seed", "3", "--walkers", "1",
+                                    "--steps", "2", "--ladder", "1", "--inject", str(PAPER_BEST),
+                                    "--fudge", "0.65", "--out", str(out),
+                                    "--database", str(subset_dir)], obj={})
+    assert made.exit_code == 0, made.output
+    run = out / "run-000"
+    args = ["closure", str(run), "--expected", "--max-evaluations", "3", "--json"]
+    first = CliRunner().invoke(cli, args, obj={})
+    assert first.exit_code == 0, first.output
+    expected = json.loads(first.stdout)["expected"]
+    folder = Path(expected["database"])
+    assert expected["built"] and folder.parent == out and folder.name.startswith("asimov-")
+    record = fakedb.read_record(folder / fakedb.RECORD)
+    ran_on = fakedb.read_record(out / "db-000" / fakedb.RECORD)
+    assert record["noise"] == "fixed" and record["injected"]["slha"] == ran_on["injected"]["slha"]
+    assert record["base"]["sha256"] == ran_on["base"]["sha256"]
+
+    fakedb.generate(tmp_path / "direct", seed=0, base=str(subset_dir), inject=PAPER_BEST,
+                    noise="fixed")
+    direct = significance.evaluate(read_slha(PAPER_BEST), load_database(str(tmp_path / "direct")))
+    assert direct.TL > 3  # the injected signal is there to be found
+    assert expected["K_start"] == pytest.approx(direct.K, abs=1e-6)
+    assert [w["particle"] for w in expected["without"]] == ["Xd", "Xt"]
+    assert expected["combination"] is not None and all(":" in c for c in expected["combination"])
+    assert expected["K"] >= expected["K_start"]
+
+    again = CliRunner().invoke(cli, args[:-1], obj={})  # text; reuses the database
+    assert again.exit_code == 0, again.output
+    assert f"expected (Asimov database {folder}):" in again.stdout
+    assert "built now" not in again.stdout and "  without Xd: " in again.stdout
+    # a folder of that name holding another database is refused, not used
+    (folder / fakedb.RECORD).write_text((out / "db-000" / fakedb.RECORD).read_text())
+    refused = CliRunner().invoke(cli, args, obj={})
+    assert refused.exit_code == 1 and "not the Asimov database" in refused.stderr
