@@ -21,6 +21,9 @@ from .exceptions import ProtomodelsError
 from .schemas import schema_id
 from .statistics.workspaces import DEFAULT_LIKELIHOOD, LIKELIHOODS
 
+#: ``significance --likelihood surrogate`` when no prediction could use one at all
+_NO_SURROGATE = "none (no prediction in a result with a full pyhf workspace)"
+
 logger = logging.getLogger("protomodels")
 
 
@@ -184,7 +187,7 @@ def format_significance(report: Dict[str, Any]) -> str:
         f"(r_limit {report['r_limit']:g}, r_max {report['r_max']:.4g})",
         f"  predictions: {report['n_predictions']} ({report['n_informative']} with a likelihood)",
         f"  likelihood of pyhf results: {report.get('likelihood') or 'as shipped'}",
-        *([f"  surrogates used for: {', '.join(report['surrogates']['used']) or 'none'}"
+        *([f"  surrogates used for: {', '.join(report['surrogates']['used']) or _NO_SURROGATE}"
            + "".join(f"; {name}: {why}, simplified used"
                      for name, why in report["surrogates"]["fallbacks"].items())]
           if "surrogates" in report else []),

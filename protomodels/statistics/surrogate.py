@@ -612,13 +612,13 @@ def format_validation(rows: List[Dict[str, Any]]) -> str:
     """The accuracy and speed table of ``validate_all``."""
     if not rows:
         return "no trained surrogate matches; train one with `protomodels surrogate train ANALYSIS`"
-    lines = [f"{'workspace':<40} {'held-out':>8} {'|d(-2lnL)| med':>15} {'p95':>7} "
+    lines = [f"{'workspace':<40} {'held-out':>8} {'|d(-2lnL)| med':>15} {'p95':>8} "
              f"{'UL obs<=10%':>11} {'UL exp<=10%':>11} {'nll ms':>7} {'UL ms':>6} {'domain':>6}"]
     for r in rows:
         obs = r["datasets"]["observed"]
         uls = r["upper_limits"]
         lines.append(f"{r['analysis'] + ':' + r['workspace']:<40} {obs['count']:>8} "
-                     f"{obs['median']:>15.4f} {obs['p95']:>7.3f} "
+                     f"{obs['median']:>15.4f} {obs['p95']:>8.4f} "
                      f"{_pct(uls['obs']['within_10pct']):>11} {_pct(uls['exp']['within_10pct']):>11} "
                      f"{r['timing']['nll_ms']:>7.3f} {r['timing']['upper_limit_ms']:>6.2f} "
                      f"{_pct(r['domain_share']):>6}")
