@@ -30,11 +30,12 @@ matrices) adds only what its results gain over the ones they displace.
 
 *Expected fits* (``--expected``) are the reference fits on the batch's *Asimov* fake
 database: the same base database and injected model with no draws at all (n_obs = b + s,
-UL_obs = UL_exp plus the injected signal; ``fakedb --noise fixed``).  Its delta K
-approximates the median over fakes (the Asimov data set of Cowan, Cranmer, Gross and
-Vitells, Eur. Phys. J. C 71 (2011) 1554, section 3.2), so it says before any walk how
-often a search that maximises K can recover each injected particle: a delta K of a few
-units or less is lost to the noise of a sizeable share of fakes.  The Asimov database is
+UL_obs = UL_exp plus the injected signal; ``fakedb --noise fixed``): the particle's
+worth without noise, before any walk.  For one likelihood ratio the Asimov value
+approximates the median over fakes (Cowan, Cranmer, Gross and Vitells, Eur. Phys. J. C
+71 (2011) 1554, section 3.2); K's maximum over combinations makes it only indicative (the
+paper's squark: +0.87 on the Asimov fake, a median of -0.11 over ten Poisson fakes).  A
+delta K of a unit or two is lost to the noise of many fakes.  The Asimov database is
 built once, beside the runs, in ``asimov-<digest>/`` (the digest covers the base
 database and the injected model), and reused.
 """
