@@ -33,11 +33,11 @@ database: the same base database and injected model with no draws at all (n_obs 
 UL_obs = UL_exp plus the injected signal; ``fakedb --noise fixed``): the particle's
 worth without noise, before any walk.  For one likelihood ratio the Asimov value
 approximates the median over fakes (Cowan, Cranmer, Gross and Vitells, Eur. Phys. J. C
-71 (2011) 1554, section 3.2); K's maximum over combinations makes it only indicative (the
-paper's squark: +0.87 on the Asimov fake, a median of -0.11 over ten Poisson fakes).  A
-delta K of a unit or two is lost to the noise of many fakes.  The Asimov database is
-built once, beside the runs, in ``asimov-<digest>/`` (the digest covers the base
-database and the injected model), and reused.
+71 (2011) 1554, sections 3.2 and 4); K's maximum over combinations makes it only
+indicative (the paper's squark: +0.87 on the Asimov fake, a median of -0.11 over ten
+Poisson fakes).  A delta K of a unit or two is lost to the noise of many fakes.  The
+Asimov database is built once, beside the runs, in ``asimov-<digest>/``, and reused
+(``asimov_database``).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def _fake_record(run: Dict[str, Any]) -> Path:
                        "(give --injected to compare with a model anyway)")
     record = Path(fake["record"])
     if not record.exists():  # a batch moved since, or read from another folder
-        record = Path(run["run"]).parent / record.parent.name / record.name
+        record = Path(run["run"]).resolve().parent / record.parent.name / record.name
     return record
 
 
@@ -230,44 +230,92 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
             "seconds": seconds, "combination": _combination(fit), "without": rows}
 
 
+def _injection(run: Dict[str, Any]) -> Tuple[Path, Dict[str, Any]]:
+    """The fakedb.json of a run (a ``pvalue.run_summary``) and its record, which must have
+    an injected model (``RunError`` naming the field otherwise)."""
+    record_file = _fake_record(run)
+    record = read_record(record_file)
+    if not record.get("injected"):
+        raise RunError(f"{record_file}: field 'injected' is null: nothing was injected, so "
+                       "there is no Asimov database to build")
+    return record_file, record
+
+
+def _asimov_mismatch(record: Dict[str, Any], wanted: Dict[str, Any]) -> Optional[str]:
+    """What makes an Asimov database's ``record`` other than the one ``wanted`` describes
+    (a field, its value, the wanted value), or None when it is that database."""
+    checks = (("noise", record["noise"], "fixed"),
+              ("base.sha256", record["base"].get("sha256"), wanted["base"].get("sha256")),
+              ("injected.slha", (record["injected"] or {}).get("slha"), wanted["injected"]["slha"]),
+              ("smodels_version", record.get("smodels_version"), wanted["smodels_version"]),
+              ("protomodels_version", record.get("protomodels_version"),
+               wanted["protomodels_version"]))
+    for field, value, expected in checks:
+        if value != expected:
+            if field == "injected.slha":
+                return "field 'injected.slha' holds another model"
+            return f"field '{field}' is {value!r}, not {expected!r}"
+    return None
+
+
 def asimov_database(run: Dict[str, Any]) -> Tuple[Path, bool]:
     """The Asimov fake database of a run's batch (module docstring): its folder, and
     whether it was built now (False: an earlier one was reused).  ``run`` is a
     ``pvalue.run_summary``.  It has the base database and the injected model of the run's
-    own fake database, and is built in ``asimov-<digest>/`` beside the run (about 20 s).
+    own fake database, and is built in ``asimov-<digest>/`` beside the run (about 30 s;
+    the digest covers the base database's sha256, the injected SLHA text and the SModelS
+    and protomodels versions, which decide the recorded signal).  It is built in a
+    temporary folder, checked, and renamed into place, so a failed build leaves nothing
+    and of two concurrent builds one is kept.
 
     Raises ``RunError`` when the run did not use a fake database with an injected model,
-    and ``DatabaseError`` when the run's base database cannot be found as it was."""
-    from . import fakedb
+    or when ``asimov-<digest>/`` holds another database (naming the field);
+    ``DatabaseError`` when the base database found now (its recorded source, or the
+    default one where that is gone) is not the one the run's fake was drawn from."""
+    import os
+    import shutil
 
-    record_file = _fake_record(run)
-    record = read_record(record_file)
-    injected = record.get("injected")
-    if not injected:
-        raise RunError(f"{record_file}: field 'injected' is null: nothing was injected, so "
-                       "there is no Asimov database to build")
-    base = record["base"]
-    digest = hashlib.sha256(f"{base.get('sha256')}\n{injected['slha']}".encode()).hexdigest()[:12]
-    folder = Path(run["run"]).parent / f"asimov-{digest}"
-    if (folder / RECORD).exists():
-        existing = read_record(folder / RECORD)
-        if (existing["noise"] == "fixed" and existing["base"].get("sha256") == base.get("sha256")
-                and (existing["injected"] or {}).get("slha") == injected["slha"]):
-            return folder, False
-        raise RunError(f"{folder / RECORD}: not the Asimov database of {record_file} "
-                       "(another base, injected model or noise): remove the folder")
-    source = base.get("source")
-    with tempfile.TemporaryDirectory() as scratch:
-        model_file = Path(scratch) / Path(injected.get("file") or "injected.slha").name
-        model_file.write_text(injected["slha"])
-        built = fakedb.generate(folder, seed=int(record["seed"]),
-                                base=source if source and Path(source).exists() else None,
-                                inject=model_file, fudge=float(record["fudge"]), noise="fixed")
-    if built["base"].get("sha256") != base.get("sha256") or \
-            (built["injected"] or {}).get("slha") != injected["slha"]:
-        raise DatabaseError(f"{folder / RECORD}: built from another base database or model "
-                            f"than {record_file} (field 'base.sha256' or 'injected.slha' differs)")
-    return folder, True
+    from . import __version__, fakedb
+    from .database import _smodels_version
+
+    record_file, record = _injection(run)
+    injected, base = record["injected"], record["base"]
+    wanted = {"base": base, "injected": injected, "smodels_version": _smodels_version(),
+              "protomodels_version": __version__}
+    text = "\n".join([str(base.get("sha256")), injected["slha"], wanted["smodels_version"],
+                      __version__])
+    folder = Path(run["run"]).resolve().parent / \
+        f"asimov-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+    if not (folder / RECORD).exists():
+        source = base.get("source")
+        building = folder.with_name(f".{folder.name}.building-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                model_file = Path(scratch) / Path(injected.get("file") or "injected.slha").name
+                model_file.write_text(injected["slha"])
+                built = fakedb.generate(building, seed=int(record["seed"]),
+                                        base=source if source and Path(source).exists() else None,
+                                        inject=model_file, fudge=float(record["fudge"]),
+                                        noise="fixed")
+            problem = _asimov_mismatch(built, wanted)
+            if problem is not None:
+                raise DatabaseError(f"{record_file}: its Asimov database came out different "
+                                    f"({problem}): the base database {source} is not the one "
+                                    "this fake was drawn from")
+            try:
+                os.rename(building, folder)
+                return folder, True
+            except OSError:  # another process put its own there meanwhile: use that one
+                if not (folder / RECORD).exists():
+                    raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    problem = _asimov_mismatch(read_record(folder / RECORD), wanted)
+    if problem is not None:
+        raise RunError(f"{folder / RECORD}: {problem}: not the Asimov database of "
+                       f"{record_file}; remove the folder")
+    return folder, False
 
 
 def expected_fits(run_dir: Path, model: ProtoModel, max_evaluations: int = MAX_EVALUATIONS,
@@ -302,11 +350,12 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     a run, about 2 minutes a run for the paper's model on a fake database.
 
     With ``expected``, the report gains ``expected``: ``expected_fits`` of the injected
-    model on the batch's Asimov database (that of the first run; about 20 s to build once,
-    then as one run's reference fits).
+    model on the batch's Asimov database (about 30 s to build once, then as one run's
+    reference fits); every run must then come from one batch (``_batch_model``).
 
     Raises ``RunError`` for a folder that is not a run with hiscores, for runs of
-    different injected models, or without an injected model (see ``injected_model``)."""
+    different injected models, or without an injected model (see ``injected_model``);
+    with ``expected``, also the errors of ``asimov_database`` (``DatabaseError`` too)."""
     if not runs:
         raise RunError("no runs given")
     rows: List[Dict[str, Any]] = []
@@ -352,9 +401,34 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     report = {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
               "warnings": warnings}
     if expected:
-        model = injected_model(run_summary(runs[0]), injected)
-        report["expected"] = expected_fits(Path(runs[0]), model, max_evaluations, score_of)
+        report["expected"] = expected_fits(Path(runs[0]), _batch_model(runs, injected),
+                                           max_evaluations, score_of)
     return report
+
+
+def _batch_model(runs: Sequence[str | Path], injected: Optional[Path]) -> ProtoModel:
+    """The injected model of the runs' fake databases, for ``--expected``: every run's
+    must have the same base database and injected model (the Asimov database is the first
+    run's), and a model given as ``injected`` must be that model.  ``RunError`` naming
+    the run and field otherwise."""
+    first_file, first = _injection(run_summary(runs[0]))
+    for run_dir in runs[1:]:
+        record_file, record = _injection(run_summary(run_dir))
+        for field, value, wanted in (("base.sha256", record["base"].get("sha256"),
+                                      first["base"].get("sha256")),
+                                     ("injected.slha", record["injected"]["slha"],
+                                      first["injected"]["slha"])):
+            if value != wanted:
+                raise RunError(f"{record_file}: field '{field}' differs from {first_file}'s: "
+                               "--expected needs runs of one batch (one base database and "
+                               "injected model)")
+    model = injected_model(run_summary(runs[0]))
+    if injected is not None and _read_injected(Path(injected), str(injected)).to_dict() != \
+            model.to_dict():
+        raise RunError(f"{injected}: not the model injected into {first_file} (field "
+                       "'injected.slha'), on which --expected's Asimov database is built; "
+                       "leave out --injected")
+    return model
 
 
 def _preference_rates(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from protomodels.closure import closure, format_closure, match
 from protomodels.exceptions import RunError
 from protomodels.model import LSP, PIDS
 from protomodels.pvalue import clopper_pearson
+from protomodels.schemas import validate
 
 from .test_fakedb import PAPER_BEST
 from .test_runs import fake_factory
@@ -145,7 +147,7 @@ def test_reference_fits_say_which_injected_particles_k_prefers(tmp_path):
     assert "search gap" in format_closure(report)
 
 
-def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path):
+def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monkeypatch):
     """`closure --expected`: the reference fits on a noise-free fake database with the
     runs' base database and injected model, built once beside the runs; its K as injected
     equals K of the injected model on an Asimov database made directly."""
@@ -166,6 +168,7 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path):
     args = ["closure", str(run), "--expected", "--max-evaluations", "3", "--json"]
     first = CliRunner().invoke(cli, args, obj={})
     assert first.exit_code == 0, first.output
+    validate(json.loads(first.stdout), "closure", "closure --json", AssertionError)
     expected = json.loads(first.stdout)["expected"]
     folder = Path(expected["database"])
     assert expected["built"] and folder.parent == out and folder.name.startswith("asimov-")
@@ -183,11 +186,29 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path):
     assert expected["combination"] is not None and all(":" in c for c in expected["combination"])
     assert expected["K"] >= expected["K_start"]
 
-    again = CliRunner().invoke(cli, args[:-1], obj={})  # text; reuses the database
+    monkeypatch.chdir(run)  # the run as ".": the database beside it is found and reused
+    again = CliRunner().invoke(cli, ["closure", ".", *args[2:-1]], obj={})  # text output
     assert again.exit_code == 0, again.output
     assert f"expected (Asimov database {folder}):" in again.stdout
     assert "built now" not in again.stdout and "  without Xd: " in again.stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(["db-000", "fakes.json", folder.name,
+                                                            "run-000"])
+    # another model than the injected one, or runs of another batch, are refused
+    other_model = tmp_path / "other.slha"
+    other_model.write_text(PAPER_BEST.read_text().replace("0.41811846689895477", "0.5"))
+    wrong = CliRunner().invoke(cli, [*args, "--injected", str(other_model)], obj={})
+    assert wrong.exit_code == 1 and "not the model injected into" in wrong.stderr
+    other = tmp_path / "other-batch"
+    shutil.copytree(out, other)
+    config = json.loads((other / "run-000" / "run.json").read_text())
+    config["versions"]["database_fake"]["record"] = str(other / "db-000" / fakedb.RECORD)
+    (other / "run-000" / "run.json").write_text(json.dumps(config))
+    moved = json.loads((other / "db-000" / fakedb.RECORD).read_text())
+    moved["base"]["sha256"] = "0" * 64
+    (other / "db-000" / fakedb.RECORD).write_text(json.dumps(moved))
+    mixed = CliRunner().invoke(cli, [*args[:2], str(other / "run-000"), *args[2:]], obj={})
+    assert mixed.exit_code == 1 and "field 'base.sha256' differs" in mixed.stderr
     # a folder of that name holding another database is refused, not used
     (folder / fakedb.RECORD).write_text((out / "db-000" / fakedb.RECORD).read_text())
     refused = CliRunner().invoke(cli, args, obj={})
-    assert refused.exit_code == 1 and "not the Asimov database" in refused.stderr
+    assert refused.exit_code == 1 and "field 'noise' is 'poisson', not 'fixed'" in refused.stderr
