@@ -710,7 +710,9 @@ def pvalue(real_run: Path, fake_runs, plot_path: Optional[Path], as_json: bool,
               help="Also the same fits on the batch's Asimov fake database (no draws: "
                    "n_obs = b + s, UL_obs = UL_exp plus the signal), built once beside the "
                    "runs as asimov-<digest>/: the K each particle gains without noise, with "
-                   "the best combinations with and without it.  About 2 minutes.")
+                   "the best combinations with and without it (indicative: not the median "
+                   "fake).  Uses the model the fakes recorded, so --injected must be that "
+                   "model or left out.  About 2-3 minutes.")
 @click.option("--max-evaluations", type=click.IntRange(min=1), default=150,
               show_default=True, help="K evaluations per reference fit.")
 @click.option("--json", "as_json", is_flag=True, help=f"JSON output (schema {schema_id('closure')}).")

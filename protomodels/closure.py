@@ -199,6 +199,8 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
     finite, or for a particle the walker's Freeze could not remove alone (the lighter of
     an ordered pair, one that another particle decays into)."""
     space = space or Space()
+    logger.info("reference fit: the model as injected (%d evaluations at most per fit)",
+                max_evaluations)
     fit = polish_model(model, score, max_evaluations, space)
     k_full = _fitted_K(fit)
     evaluations, seconds = fit["evaluations"], fit["seconds"]
@@ -206,6 +208,7 @@ def reference_fits(model: ProtoModel, score: Score, max_evaluations: int = MAX_E
     for pid in sorted((p for p in model.masses if p != LSP), key=lambda p: model.masses[p]):
         row = {"particle": NAMES[pid], "kind": kind(pid), "mass": model.masses[pid],
                "K": None, "delta_K": None, "preferred": None, "note": "", "combination": None}
+        logger.info("reference fit: the model without %s", NAMES[pid])
         reduced = remove_particle(model, pid)
         if pid not in freezable(model) or log_reference(reduced, space) == -math.inf:
             row["note"] = "cannot be removed alone (an ordered pair, or a decay into it)"
@@ -305,13 +308,18 @@ def asimov_database(run: Dict[str, Any]) -> Tuple[Path, bool]:
                                     "this fake was drawn from")
             try:
                 os.rename(building, folder)
+                logger.info("Asimov database built: %s", folder)
                 return folder, True
             except OSError:  # another process put its own there meanwhile: use that one
                 if not (folder / RECORD).exists():
                     raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
-    problem = _asimov_mismatch(read_record(folder / RECORD), wanted)
+    try:
+        existing = read_record(folder / RECORD)
+    except DatabaseError as error:  # unreadable, or not a fake database record
+        raise RunError(f"{error}; remove {folder} to rebuild it") from None
+    problem = _asimov_mismatch(existing, wanted)
     if problem is not None:
         raise RunError(f"{folder / RECORD}: {problem}: not the Asimov database of "
                        f"{record_file}; remove the folder")
@@ -466,7 +474,7 @@ def format_closure(report: Dict[str, Any]) -> str:
                             + (f" ({p['partner']} {p['partner_mass']:.0f})" if p["partner"] else "")
                             for p in row["partners"])
         spurious = ", ".join(row["spurious"]) or "none"
-        lines.append(f"{Path(row['run']).name:<28} {row['best_K']:7.2f}  {model}; "
+        lines.append(f"{Path(row['run']).resolve().name:<28} {row['best_K']:7.2f}  {model}; "
                      f"{verdict}; spurious: {spurious}")
         if "reference" in row:
             ref = row["reference"]

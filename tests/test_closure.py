@@ -191,6 +191,7 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monke
     assert again.exit_code == 0, again.output
     assert f"expected (Asimov database {folder}):" in again.stdout
     assert "built now" not in again.stdout and "  without Xd: " in again.stdout
+    assert "\nrun-000 " in again.stdout  # the run's own name, not "."
     assert sorted(p.name for p in out.iterdir()) == sorted(["db-000", "fakes.json", folder.name,
                                                             "run-000"])
     # another model than the injected one, or runs of another batch, are refused
@@ -212,3 +213,6 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monke
     (folder / fakedb.RECORD).write_text((out / "db-000" / fakedb.RECORD).read_text())
     refused = CliRunner().invoke(cli, args, obj={})
     assert refused.exit_code == 1 and "field 'noise' is 'poisson', not 'fixed'" in refused.stderr
+    (folder / fakedb.RECORD).write_text("{")  # damaged: refused, the way out named
+    damaged = CliRunner().invoke(cli, args, obj={})
+    assert damaged.exit_code == 1 and f"remove {folder} to rebuild it" in damaged.stderr
