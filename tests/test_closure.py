@@ -187,7 +187,8 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monke
     assert expected["K"] >= expected["K_start"]
 
     monkeypatch.chdir(run)  # the run as ".": the database beside it is found and reused
-    again = CliRunner().invoke(cli, ["closure", ".", *args[2:-1]], obj={})  # text output
+    again = CliRunner().invoke(cli, ["closure", ".", *args[2:-1], "--injected", str(PAPER_BEST)],
+                               obj={})  # text output; --injected: the recorded model itself
     assert again.exit_code == 0, again.output
     assert f"expected (Asimov database {folder}):" in again.stdout
     assert "built now" not in again.stdout and "  without Xd: " in again.stdout
