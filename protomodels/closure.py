@@ -326,16 +326,46 @@ def asimov_database(run: Dict[str, Any]) -> Tuple[Path, bool]:
     return folder, False
 
 
+#: The fields every reference fit has (a cached one lacking any is computed again).
+FIT_FIELDS = ("K_start", "K", "evaluations", "seconds", "combination", "without")
+EXPECTED_FITS = "expected-fits.jsonl"  # in the Asimov folder: fits by key, as computed
+
+
 def expected_fits(run_dir: Path, model: ProtoModel, max_evaluations: int = MAX_EVALUATIONS,
                   score_of: Callable[..., Score] = run_score) -> Dict[str, Any]:
     """``reference_fits`` of ``model`` on the Asimov fake database of ``run_dir``'s batch
     (``asimov_database``), with the run's own score there: ``score_of(run_dir,
-    database=FOLDER)``.  Returns the fits plus ``database`` (the folder) and ``built``."""
+    database=FOLDER)``.  Returns the fits plus ``database`` (the folder), ``built`` and
+    ``fits_cached``.
+
+    With the run's own score (``run_score``, the default) the fits are deterministic, so
+    they are kept in the folder's ``expected-fits.jsonl`` (``atomic.append_keyed_line``),
+    keyed by a sha256 of the model, the run's score configuration (likelihood, r_limit,
+    selection), ``max_evaluations`` and the protomodels version, and read back on the
+    next call instead of being computed again (2-3 minutes for the paper's model)."""
+    import json
+
+    from . import __version__
+    from .atomic import append_keyed_line, read_keyed_lines
+    from .polish import run_score_config
+
     folder, built = asimov_database(run_summary(run_dir))
+    key = None
+    if score_of is run_score:
+        identity = {"model": model.to_dict(), "max_evaluations": max_evaluations,
+                    "score": run_score_config(Path(run_dir), database=str(folder)),
+                    "protomodels_version": __version__}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+        cached = read_keyed_lines(folder / EXPECTED_FITS).get(key, {}).get("outcome")
+        if isinstance(cached, dict) and all(field in cached for field in FIT_FIELDS):
+            logger.info("%s: expected fits read back from %s", run_dir, folder / EXPECTED_FITS)
+            return {"database": str(folder), "built": built, "fits_cached": True, **cached}
     logger.info("%s: expected fits of the injected model on the Asimov database %s",
                 run_dir, folder)
     fits = reference_fits(model, score_of(Path(run_dir), database=str(folder)), max_evaluations)
-    return {"database": str(folder), "built": built, **fits}
+    if key is not None:
+        append_keyed_line(folder / EXPECTED_FITS, {"key": key, "outcome": fits})
+    return {"database": str(folder), "built": built, "fits_cached": False, **fits}
 
 
 def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
@@ -490,7 +520,8 @@ def format_closure(report: Dict[str, Any]) -> str:
     if "expected" in report:
         ref = report["expected"]
         lines.append(f"expected (Asimov database {ref['database']}"
-                     f"{', built now' if ref['built'] else ''}): injected model K "
+                     f"{', built now' if ref['built'] else ''}"
+                     f"{'; fits read back' if ref.get('fits_cached') else ''}): injected model K "
                      f"{_number(ref['K_start'])} as injected, {_number(ref['K'])} polished; "
                      f"K gained with each particle: {_gains(ref)}")
         lines.append(f"  best combination: {_members(ref['combination'])}")

@@ -172,6 +172,7 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monke
     expected = json.loads(first.stdout)["expected"]
     folder = Path(expected["database"])
     assert expected["built"] and folder.parent == out and folder.name.startswith("asimov-")
+    assert expected["fits_cached"] is False
     record = fakedb.read_record(folder / fakedb.RECORD)
     ran_on = fakedb.read_record(out / "db-000" / fakedb.RECORD)
     assert record["noise"] == "fixed" and record["injected"]["slha"] == ran_on["injected"]["slha"]
@@ -190,9 +191,16 @@ def test_expected_fits_use_the_batch_asimov_database(subset_dir, tmp_path, monke
     again = CliRunner().invoke(cli, ["closure", ".", *args[2:-1], "--injected", str(PAPER_BEST)],
                                obj={})  # text output; --injected: the recorded model itself
     assert again.exit_code == 0, again.output
-    assert f"expected (Asimov database {folder}):" in again.stdout
+    # deterministic fits are kept beside the database and read back, not redone
+    assert f"expected (Asimov database {folder}; fits read back):" in again.stdout
     assert "built now" not in again.stdout and "  without Xd: " in again.stdout
     assert "\nrun-000 " in again.stdout  # the run's own name, not "."
+    assert f"K gained with each particle: Xd {expected['without'][0]['delta_K']:+.2f}" \
+        in again.stdout
+    budget = CliRunner().invoke(cli, [*args[:3], "--max-evaluations", "2", "--json"], obj={})
+    assert budget.exit_code == 0, budget.output
+    assert json.loads(budget.stdout)["expected"]["fits_cached"] is False  # another key
+    assert len((folder / "expected-fits.jsonl").read_text().splitlines()) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(["db-000", "fakes.json", folder.name,
                                                             "run-000"])
     # another model than the injected one, or runs of another batch, are refused
