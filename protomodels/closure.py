@@ -43,8 +43,11 @@ Asimov database is built once, beside the runs, in ``asimov-<digest>/``, and reu
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -161,11 +164,16 @@ def injected_model(run: Dict[str, Any], injected: Optional[Path] = None) -> Prot
         raise RunError(f"{error}; give --injected") from None
     if injected_record is None:
         raise RunError(f"{record}: field 'injected' is null: nothing was injected; give --injected")
-    text = injected_record["slha"]
+    return _recorded_model(record, injected_record)
+
+
+def _recorded_model(record_file: Path, injected: Dict[str, Any]) -> ProtoModel:
+    """The model of a fake database record's ``injected`` field (its SLHA text, read as
+    the file it was), or ``RunError`` naming the record and field."""
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / Path(run["fake"]["injected"]).name
-        path.write_text(text)
-        return _read_injected(path, f"{record}: field 'injected.slha'")
+        path = Path(folder) / Path(injected.get("file") or "injected.slha").name
+        path.write_text(injected["slha"])
+        return _read_injected(path, f"{record_file}: field 'injected.slha'")
 
 
 def _fitted_K(fit: Dict[str, Any]) -> Optional[float]:
@@ -261,27 +269,24 @@ def _asimov_mismatch(record: Dict[str, Any], wanted: Dict[str, Any]) -> Optional
     return None
 
 
-def asimov_database(run: Dict[str, Any]) -> Tuple[Path, bool]:
+def asimov_database(run: Dict[str, Any], record_file: Path,
+                    record: Dict[str, Any]) -> Tuple[Path, bool]:
     """The Asimov fake database of a run's batch (module docstring): its folder, and
     whether it was built now (False: an earlier one was reused).  ``run`` is a
-    ``pvalue.run_summary``.  It has the base database and the injected model of the run's
-    own fake database, and is built in ``asimov-<digest>/`` beside the run (about 30 s;
+    ``pvalue.run_summary``, ``record_file`` and ``record`` its fake database's record with
+    an injected model (``_injection``).  It has that record's base database and injected
+    model, and is built in ``asimov-<digest>/`` beside the run (about 30 s;
     the digest covers the base database's sha256, the injected SLHA text and the SModelS
     and protomodels versions, which decide the recorded signal).  It is built in a
     temporary folder, checked, and renamed into place, so a failed build leaves nothing
     and of two concurrent builds one is kept.
 
-    Raises ``RunError`` when the run did not use a fake database with an injected model,
-    or when ``asimov-<digest>/`` holds another database (naming the field);
-    ``DatabaseError`` when the base database found now (its recorded source, or the
-    default one where that is gone) is not the one the run's fake was drawn from."""
-    import os
-    import shutil
-
+    Raises ``RunError`` when ``asimov-<digest>/`` holds another database (naming the
+    field); ``DatabaseError`` when the base database found now (its recorded source, or
+    the default one where that is gone) is not the one the run's fake was drawn from."""
     from . import __version__, fakedb
     from .database import _smodels_version
 
-    record_file, record = _injection(run)
     injected, base = record["injected"], record["base"]
     wanted = {"base": base, "injected": injected, "smodels_version": _smodels_version(),
               "protomodels_version": __version__}
@@ -331,29 +336,51 @@ FIT_FIELDS = ("K_start", "K", "evaluations", "seconds", "combination", "without"
 EXPECTED_FITS = "expected-fits.jsonl"  # in the Asimov folder: fits by key, as computed
 
 
-def expected_fits(run_dir: Path, model: ProtoModel, max_evaluations: int = MAX_EVALUATIONS,
+def expected_fits(runs: Sequence[Dict[str, Any]], injected: Optional[Path] = None,
+                  max_evaluations: int = MAX_EVALUATIONS,
                   score_of: Callable[..., Score] = run_score) -> Dict[str, Any]:
-    """``reference_fits`` of ``model`` on the Asimov fake database of ``run_dir``'s batch
-    (``asimov_database``), with the run's own score there: ``score_of(run_dir,
-    database=FOLDER)``.  Returns the fits plus ``database`` (the folder), ``built`` and
-    ``fits_cached``.
+    """``reference_fits`` of the injected model on the Asimov fake database of the runs'
+    batch (``asimov_database``, beside the first run), with the first run's own score
+    there: ``score_of(run_dir, database=FOLDER)``.  ``runs`` are ``pvalue.run_summary``s;
+    their fake databases must have one base database and one injected model, and
+    ``injected``, if given, must be that model.  Returns the fits plus ``database`` (the
+    folder), ``built`` and ``fits_cached``.
 
     With the run's own score (``run_score``, the default) the fits are deterministic, so
     they are kept in the folder's ``expected-fits.jsonl`` (``atomic.append_keyed_line``),
     keyed by a sha256 of the model, the run's score configuration (likelihood, r_limit,
     selection), ``max_evaluations`` and the protomodels version, and read back on the
-    next call instead of being computed again (2-3 minutes for the paper's model)."""
-    import json
+    next call instead of being computed again (2-3 minutes for the paper's model).
 
+    Raises ``RunError`` naming the run and field when the runs are of several batches or
+    ``injected`` is another model, and the errors of ``asimov_database``."""
     from . import __version__
     from .atomic import append_keyed_line, read_keyed_lines
     from .polish import run_score_config
 
-    folder, built = asimov_database(run_summary(run_dir))
+    first_file, first = _injection(runs[0])
+    for run in runs[1:]:
+        record_file, record = _injection(run)
+        for field, value, wanted in (("base.sha256", record["base"].get("sha256"),
+                                      first["base"].get("sha256")),
+                                     ("injected.slha", record["injected"]["slha"],
+                                      first["injected"]["slha"])):
+            if value != wanted:
+                raise RunError(f"{record_file}: field '{field}' differs from {first_file}'s: "
+                               "--expected needs runs of one batch (one base database and "
+                               "injected model)")
+    model = _recorded_model(first_file, first["injected"])
+    if injected is not None and _read_injected(Path(injected), str(injected)).to_dict() != \
+            model.to_dict():
+        raise RunError(f"{injected}: not the model injected into {first_file} (field "
+                       "'injected.slha'), on which --expected's Asimov database is built; "
+                       "leave out --injected")
+    run_dir = Path(runs[0]["run"])
+    folder, built = asimov_database(runs[0], first_file, first)
     key = None
     if score_of is run_score:
         identity = {"model": model.to_dict(), "max_evaluations": max_evaluations,
-                    "score": run_score_config(Path(run_dir), database=str(folder)),
+                    "score": run_score_config(run_dir, database=str(folder)),
                     "protomodels_version": __version__}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         cached = read_keyed_lines(folder / EXPECTED_FITS).get(key, {}).get("outcome")
@@ -362,7 +389,7 @@ def expected_fits(run_dir: Path, model: ProtoModel, max_evaluations: int = MAX_E
             return {"database": str(folder), "built": built, "fits_cached": True, **cached}
     logger.info("%s: expected fits of the injected model on the Asimov database %s",
                 run_dir, folder)
-    fits = reference_fits(model, score_of(Path(run_dir), database=str(folder)), max_evaluations)
+    fits = reference_fits(model, score_of(run_dir, database=str(folder)), max_evaluations)
     if key is not None:
         append_keyed_line(folder / EXPECTED_FITS, {"key": key, "outcome": fits})
     return {"database": str(folder), "built": built, "fits_cached": False, **fits}
@@ -389,7 +416,7 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
 
     With ``expected``, the report gains ``expected``: ``expected_fits`` of the injected
     model on the batch's Asimov database (about 30 s to build once, then as one run's
-    reference fits); every run must then come from one batch (``_batch_model``).
+    reference fits); every run must then come from one batch (``expected_fits``).
 
     Raises ``RunError`` for a folder that is not a run with hiscores, for runs of
     different injected models, or without an injected model (see ``injected_model``);
@@ -399,8 +426,8 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     rows: List[Dict[str, Any]] = []
     warnings: List[str] = []
     truth: Optional[Dict[int, float]] = None
-    for run_dir in runs:
-        summary = run_summary(run_dir)
+    summaries = [run_summary(run_dir) for run_dir in runs]
+    for run_dir, summary in zip(runs, summaries):
         if not summary["fake"]:
             warnings.append(f"{summary['run']} ran on a real database, not a fake one")
         model = injected_model(summary, injected)
@@ -439,34 +466,8 @@ def closure(runs: Sequence[str | Path], injected: Optional[Path] = None,
     report = {"schema": SCHEMA, "window_GeV": window, "runs": rows, "rates": rates,
               "warnings": warnings}
     if expected:
-        report["expected"] = expected_fits(Path(runs[0]), _batch_model(runs, injected),
-                                           max_evaluations, score_of)
+        report["expected"] = expected_fits(summaries, injected, max_evaluations, score_of)
     return report
-
-
-def _batch_model(runs: Sequence[str | Path], injected: Optional[Path]) -> ProtoModel:
-    """The injected model of the runs' fake databases, for ``--expected``: every run's
-    must have the same base database and injected model (the Asimov database is the first
-    run's), and a model given as ``injected`` must be that model.  ``RunError`` naming
-    the run and field otherwise."""
-    first_file, first = _injection(run_summary(runs[0]))
-    for run_dir in runs[1:]:
-        record_file, record = _injection(run_summary(run_dir))
-        for field, value, wanted in (("base.sha256", record["base"].get("sha256"),
-                                      first["base"].get("sha256")),
-                                     ("injected.slha", record["injected"]["slha"],
-                                      first["injected"]["slha"])):
-            if value != wanted:
-                raise RunError(f"{record_file}: field '{field}' differs from {first_file}'s: "
-                               "--expected needs runs of one batch (one base database and "
-                               "injected model)")
-    model = injected_model(run_summary(runs[0]))
-    if injected is not None and _read_injected(Path(injected), str(injected)).to_dict() != \
-            model.to_dict():
-        raise RunError(f"{injected}: not the model injected into {first_file} (field "
-                       "'injected.slha'), on which --expected's Asimov database is built; "
-                       "leave out --injected")
-    return model
 
 
 def _preference_rates(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -74,10 +74,11 @@ def sample(model: ProtoModel, K: float, score: ScoreFunction,
            temperature: float = 1.0, first_step: int = 1,
            screen: Optional[ScreenFunction] = None, blob: Any = None) -> Iterator[Step]:
     """Run ``steps`` Metropolis-Hastings steps from ``model`` (whose K, and the score's
-    blob if any, are given); with ``screen``, by delayed acceptance (module docstring).  ``screen`` is called afresh at
-    every step, for the state and then the proposal, so a caller may replace the
-    surrogate it wraps between two steps; a step where it returns None for either is a
-    plain one (exact: the choice is symmetric in the two states).  A plain step draws
+    blob if any, are given); with ``screen``, by delayed acceptance (module docstring).
+    ``screen`` is called afresh at every step, for the state and then the proposal, so a
+    caller may replace the surrogate it wraps between two steps; a step where it returns
+    None for either is a plain one (exact: the choice is symmetric in the two states).
+    A plain step draws
     exactly the random numbers of plain Metropolis-Hastings; a screened one draws a
     uniform for each stage whose log ratio is negative."""
     for step in range(first_step, first_step + steps):
